@@ -1,0 +1,142 @@
+"""`livehome` command line. Each subcommand is a thin shell over a module that does the work."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import EX_CONFIG, Loaded, json_schema, load
+from .yamlsrc import ConfigError
+
+EX_USAGE = 64
+EX_UNAVAILABLE = 69
+
+log = logging.getLogger("livehome")
+
+
+def _load_or_exit(path: Path) -> Loaded:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EX_CONFIG) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    loaded = _load_or_exit(args.config)
+    reg = loaded.registry
+    print(
+        f"OK: {args.config}: {len(reg.tools)} tools, {len(reg.topics)} topics they may publish to, "
+        f"{len(reg.watched)} state topics watched"
+    )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json_schema())
+    return 0
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    from .live.setup import setup_frame
+
+    loaded = _load_or_exit(args.config)
+    frame = setup_frame(loaded.config.gemini, loaded.registry.declarations())
+    print(json.dumps(frame["setup"]["tools"], indent=2, ensure_ascii=False))
+    return 0
+
+
+def parse_call_args(pairs: Sequence[str]) -> dict[str, Any]:
+    """key=value pairs; a value that reads as JSON keeps its type (40, true, "40"), anything else is text."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"argument {pair!r} is not key=value")
+        try:
+            out[key] = json.loads(raw)
+        except ValueError:
+            out[key] = raw
+    return out
+
+
+async def _call(loaded: Loaded, name: str, call_args: dict[str, Any], wait: float) -> int:
+    from .mqtt import MqttLink
+    from .tools.engine import Engine, ToolCall
+
+    link = MqttLink(loaded.config.mqtt)
+    link.watch(loaded.registry.watched)
+    started = time.monotonic()
+    runner = asyncio.create_task(link.run())
+    try:
+        connected = await link.wait_connected(wait)
+        connect_time = time.monotonic() - started
+        if not connected:
+            print(f"broker {link.where} not reachable within {wait:g}s ({link.last_error})", file=sys.stderr)
+        response = await Engine(loaded.registry, link).run(ToolCall("cli-1", name, call_args))
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+    assert response is not None
+    print(json.dumps(response.response, indent=2, ensure_ascii=False))
+    print(f"outcome: {response.outcome}, scheduling: {response.scheduling or '-'} (BLOCKING tools have none)")
+    steps = {"connect": connect_time, **response.timings}
+    width = max(len(k) for k in steps)
+    for step, seconds in steps.items():
+        print(f"  {step:<{width}}  {seconds * 1000:9.1f} ms")
+    return 0 if response.outcome == "success" else 1
+
+
+def cmd_call(args: argparse.Namespace) -> int:
+    loaded = _load_or_exit(args.config)
+    try:
+        call_args = json.loads(args.json) if args.json else parse_call_args(args.args)
+    except ValueError as exc:
+        print(f"livehome call: {exc}", file=sys.stderr)
+        return EX_USAGE
+    return asyncio.run(_call(loaded, args.name, call_args, args.wait))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="livehome", description="Wake word → Gemini Live → MQTT voice daemon.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_: str, config: bool = True):
+        p = sub.add_parser(name, help=help_, description=help_)
+        if config:
+            p.add_argument("--config", "-c", type=Path, default=Path("config.yaml"), help="config file")
+        p.set_defaults(func=func)
+        return p
+
+    command("check", cmd_check, "validate a config file (exit 78 when invalid)")
+    command("schema", cmd_schema, "print the config's JSON Schema (for editor completion)", config=False)
+    command("tools", cmd_tools, "print the function declarations exactly as sent to Gemini")
+    p = command("call", cmd_call, "run one tool against the configured broker and time each step")
+    p.add_argument("name", help="tool name")
+    p.add_argument("args", nargs="*", help="key=value arguments (values are JSON when they parse: 40, true)")
+    p.add_argument("--json", help="arguments as one JSON object instead of key=value")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the broker (default 5)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130

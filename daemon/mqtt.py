@@ -1,0 +1,291 @@
+"""The MQTT link: one connection with reconnect and backoff, a cache of the last message per watched topic, and
+waiters for confirmations.
+
+Publishing while the broker is unreachable fails at once and is never retried later: a queued "unlock the door"
+delivered after a reconnect, minutes after the user asked, is worse than an error. Each connection therefore
+uses a fresh client, so no message paho queued on a dead connection is resent on the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import socket
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+
+from .config import Mqtt
+
+log = logging.getLogger(__name__)
+
+SUBSCRIBE_BATCH = 100
+
+
+class BrokerUnavailable(Exception):
+    """The broker cannot be reached now; nothing was published."""
+
+
+class DeliveryUnknown(Exception):
+    """The connection dropped before the broker acknowledged: the message may or may not have gone out."""
+
+
+@dataclass
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+    received: float = field(default_factory=time.monotonic)
+    _parsed: Any = field(default=None, repr=False)
+    _tried: bool = field(default=False, repr=False)
+
+    def json(self) -> Any:
+        """The payload as JSON, or None when it is not JSON (Tasmota's plain ON/OFF)."""
+        if not self._tried:
+            self._tried = True
+            with contextlib.suppress(ValueError, UnicodeDecodeError):
+                self._parsed = json.loads(self.payload)
+        return self._parsed
+
+    def value(self) -> Any:
+        """JSON when it parses, else the text."""
+        parsed = self.json()
+        return parsed if parsed is not None else self.payload.decode(errors="replace")
+
+
+@dataclass(frozen=True)
+class Will:
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+def read_password(settings: Mqtt) -> str | None:
+    """$CREDENTIALS_DIRECTORY/mqtt-password (systemd LoadCredential) wins over mqtt.password_file."""
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    candidates = [Path(creds) / "mqtt-password"] if creds else []
+    if settings.password_file:
+        candidates.append(settings.password_file)
+    for path in candidates:
+        if path.is_file():
+            try:
+                return path.read_text().strip()
+            except OSError as exc:
+                raise BrokerUnavailable(f"cannot read the MQTT password file {path}: {exc.strerror}") from None
+    if settings.password_file:
+        raise BrokerUnavailable(f"mqtt.password_file {settings.password_file} does not exist")
+    return None
+
+
+def _tls(settings: Mqtt) -> ssl.SSLContext | None:
+    if not settings.tls.enabled:
+        return None
+    ctx = ssl.create_default_context(cafile=str(settings.tls.ca_file) if settings.tls.ca_file else None)
+    if settings.tls.cert_file:
+        ctx.load_cert_chain(str(settings.tls.cert_file), str(settings.tls.key_file) if settings.tls.key_file else None)
+    if settings.tls.insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+Handler = Callable[[Message], Awaitable[None] | None]
+
+
+class MqttLink:
+    def __init__(
+        self,
+        settings: Mqtt,
+        *,
+        will: Will | None = None,
+        on_connect: Callable[[], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.will = will
+        self._watched: set[str] = set()
+        self._patterns: list[tuple[str, Handler]] = []
+        self._cache: dict[str, Message] = {}
+        self._waiters: dict[str, list[asyncio.Queue[Message]]] = {}
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._lost: asyncio.Future[None] | None = None
+        self._on_connect = on_connect
+        self.last_error = "not connected yet"
+        self.connects = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.settings.host}:{self.settings.effective_port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def watch(self, topics: Iterable[str]) -> None:
+        """Keep the last message of these topics (subscribed now if connected, and after every reconnect)."""
+        new = set(topics) - self._watched
+        self._watched |= new
+        if new and self._client is not None and self.connected:
+            asyncio.get_running_loop().create_task(self._subscribe(self._client, sorted(new)))
+
+    def handle(self, topic_filter: str, handler: Handler) -> None:
+        """Call handler for every message matching a (wildcard) filter, e.g. a command topic."""
+        self._patterns.append((topic_filter, handler))
+        if self._client is not None and self.connected:
+            asyncio.get_running_loop().create_task(self._subscribe(self._client, [topic_filter]))
+
+    def last(self, topic: str) -> Message | None:
+        return self._cache.get(topic)
+
+    @contextlib.contextmanager
+    def listen(self, topic: str):
+        """A queue of messages arriving on `topic` from now on; register before publishing so no reply is missed."""
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._waiters.setdefault(topic, []).append(queue)
+        try:
+            yield queue
+        finally:
+            queues = self._waiters.get(topic, [])
+            if queue in queues:
+                queues.remove(queue)
+            if not queues:
+                self._waiters.pop(topic, None)
+
+    async def wait_connected(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self._connected.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        """Publish now or fail now. QoS 1/2 wait for the broker's acknowledgement."""
+        client, lost = self._client, self._lost
+        if client is None or lost is None or not self.connected:
+            raise BrokerUnavailable(f"MQTT broker {self.where} unreachable ({self.last_error})")
+        send = asyncio.ensure_future(client.publish(topic, payload, qos=qos, retain=retain, timeout=math.inf))
+        try:
+            done, _ = await asyncio.wait(
+                {send, lost}, timeout=self.settings.publish_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            if not send.done():
+                send.cancel()
+        if send in done:
+            exc = send.exception()
+            if exc is None:
+                return
+            if isinstance(exc, aiomqtt.MqttCodeError) and not self.connected:
+                raise BrokerUnavailable(f"MQTT broker {self.where} unreachable ({self.last_error})")
+            raise DeliveryUnknown(f"publish to {topic} failed: {exc}")
+        if lost in done:
+            raise DeliveryUnknown(f"connection to {self.where} lost before the broker acknowledged {topic}")
+        raise DeliveryUnknown(
+            f"broker {self.where} did not acknowledge {topic} within {self.settings.publish_timeout}s"
+        )
+
+    async def run(self) -> None:
+        """Connect, and reconnect with backoff, until cancelled."""
+        delay = self.settings.reconnect_min
+        logged_down = False
+        while True:
+            try:
+                await self._session()
+                delay = self.settings.reconnect_min
+                logged_down = False
+            except asyncio.CancelledError:
+                raise
+            except (aiomqtt.MqttError, OSError, BrokerUnavailable, ssl.SSLError) as exc:
+                self.last_error = _reason(exc)
+                if not logged_down:
+                    log.warning("MQTT broker %s unreachable (%s); retrying", self.where, self.last_error)
+                    logged_down = True
+                else:
+                    log.debug("MQTT reconnect to %s failed (%s)", self.where, self.last_error)
+            finally:
+                self._mark_down()
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, self.settings.reconnect_max)
+
+    def _mark_down(self) -> None:
+        self._connected.clear()
+        self._client = None
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+
+    async def _session(self) -> None:
+        s = self.settings
+        client = aiomqtt.Client(
+            s.host,
+            s.effective_port,
+            identifier=s.client_id,
+            username=s.username,
+            password=read_password(s),
+            keepalive=int(s.keepalive),
+            tls_context=_tls(s),
+            tls_insecure=s.tls.insecure if s.tls.enabled else None,
+            will=aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
+            if self.will
+            else None,
+            clean_session=True,
+            timeout=s.publish_timeout,
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+        async with client:
+            self._client = client
+            self._lost = asyncio.get_running_loop().create_future()
+            self.connects += 1
+            topics = sorted(self._watched) + [f for f, _ in self._patterns]
+            await self._subscribe(client, topics)
+            self._connected.set()
+            log.info("MQTT connected to %s (%d topics watched)", self.where, len(self._watched))
+            if self._on_connect:
+                result = self._on_connect()
+                if asyncio.iscoroutine(result):
+                    await result
+            async for message in client.messages:
+                self._dispatch(message)
+        raise BrokerUnavailable("the broker closed the connection")
+
+    async def _subscribe(self, client: aiomqtt.Client, topics: list[str]) -> None:
+        for i in range(0, len(topics), SUBSCRIBE_BATCH):
+            await client.subscribe([(t, 1) for t in topics[i : i + SUBSCRIBE_BATCH]])
+
+    def _dispatch(self, raw: aiomqtt.Message) -> None:
+        payload = raw.payload if isinstance(raw.payload, bytes | bytearray) else str(raw.payload or "").encode()
+        msg = Message(str(raw.topic), bytes(payload), bool(raw.retain))
+        if msg.topic in self._watched:
+            self._cache[msg.topic] = msg
+        for queue in self._waiters.get(msg.topic, ()):
+            queue.put_nowait(msg)
+        for topic_filter, handler in self._patterns:
+            if raw.topic.matches(topic_filter):
+                try:
+                    result = handler(msg)
+                    if asyncio.iscoroutine(result):
+                        asyncio.get_running_loop().create_task(result)
+                except Exception:
+                    log.exception("handler for %s failed", topic_filter)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "host name not found"
+    text = str(exc) or type(exc).__name__
+    if "Connection refused" in text:
+        return "connection refused"
+    if "Disconnected" in text or "closed the connection" in text:
+        return "connection lost"
+    return text

@@ -1,0 +1,413 @@
+"""Runs tool calls as MQTT actions. Knows nothing of the Live transport: calls come in as (id, name, args),
+answers go out as (id, name, response, scheduling), and cancellations come in as ids.
+
+Guarantees, per call id: executed at most once; a call cancelled before its publish publishes nothing; a call
+cancelled after its publish runs its undo; a cancelled call is never answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..mqtt import BrokerUnavailable, DeliveryUnknown
+from ..yamlsrc import suggest
+from . import template as tpl
+from .registry import ArgumentError, Registry, RenderedPublish, Tool
+
+log = logging.getLogger(__name__)
+
+ID_MEMORY = 4096  # how many call ids are remembered to refuse repeats
+STATE_INLINE_BYTES = 1024  # larger device states are cut down to the expected fields
+
+
+class Link(Protocol):
+    """What the engine needs of MQTT (daemon.mqtt.MqttLink)."""
+
+    where: str
+    last_error: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None: ...
+
+    def last(self, topic: str) -> Any: ...
+
+    def listen(self, topic: str) -> contextlib.AbstractContextManager[asyncio.Queue[Any]]: ...
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    id: str
+    name: str
+    args: dict[str, Any]
+
+
+@dataclass
+class ToolResponse:
+    id: str
+    name: str
+    response: dict[str, Any]
+    scheduling: str | None  # None for BLOCKING tools: the model waits for them anyway
+    outcome: str  # success | error | timeout
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CancelReport:
+    id: str
+    # not_found | already_answered | already_cancelled | not_published | undone | no_undo | undo_skipped | undo_failed
+    result: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    kind: str  # call | result | duplicate | cancel
+    id: str
+    name: str
+    args: dict[str, Any] | None = None
+    outcome: str | None = None
+    latency: float | None = None
+    detail: str = ""
+
+
+class _Failed(Exception):
+    def __init__(self, message: str, outcome: str = "error") -> None:
+        super().__init__(message)
+        self.outcome = outcome
+
+
+@dataclass
+class _Call:
+    call: ToolCall
+    started: float
+    task: asyncio.Task[None] | None = None
+    published: bool = False
+    args: dict[str, Any] = field(default_factory=dict)
+    previous: Any = None
+    response: ToolResponse | None = None
+    finished: asyncio.Future[ToolResponse | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Engine:
+    def __init__(self, registry: Registry, link: Link, observer: Callable[[EngineEvent], None] | None = None) -> None:
+        self.registry = registry
+        self.link = link
+        self.observer = observer
+        self._calls: dict[str, _Call] = {}
+        self._status: OrderedDict[str, str] = OrderedDict()  # id → running | ready | answered | cancelled
+        self._ready: asyncio.Queue[str] = asyncio.Queue()
+        self._names: dict[str, str] = {}  # names of calls being cancelled, for their events
+
+    # ---- the interface the live layer uses -------------------------------------------------------------------
+
+    def submit(self, call: ToolCall) -> bool:
+        """Start a call; False for an id already seen (the service is known to repeat calls)."""
+        if call.id in self._status:
+            log.info("tool call %s (%s) repeated; executed once", call.id, call.name, extra=_fields(call))
+            self._emit(EngineEvent("duplicate", call.id, call.name, call.args))
+            return False
+        self._remember(call.id, "running")
+        c = _Call(call, time.monotonic())
+        self._calls[call.id] = c
+        c.task = asyncio.get_running_loop().create_task(self._run(c), name=f"tool-{call.id}")
+        self._emit(EngineEvent("call", call.id, call.name, call.args))
+        return True
+
+    async def next_response(self) -> ToolResponse:
+        """The next answer that is ready; cancelled calls never come out of here."""
+        while True:
+            cid = await self._ready.get()
+            c = self._calls.get(cid)
+            if c is not None and self._status.get(cid) == "ready" and c.response is not None:
+                self._remember(cid, "answered")
+                del self._calls[cid]
+                return c.response
+
+    def ready_responses(self) -> list[ToolResponse]:
+        """Every answer ready now, without waiting (used when a session is closing)."""
+        out = []
+        while not self._ready.empty():
+            cid = self._ready.get_nowait()
+            c = self._calls.get(cid)
+            if c is not None and self._status.get(cid) == "ready" and c.response is not None:
+                self._remember(cid, "answered")
+                del self._calls[cid]
+                out.append(c.response)
+        return out
+
+    async def cancel(self, ids: list[str]) -> list[CancelReport]:
+        """Cancel calls by id: running ones stop (and undo what they published); ready but unanswered ones
+        are withdrawn and undone. Takes effect before the first await, so a call whose task has not run yet
+        never publishes. Returns what happened to each."""
+        stopped = [self._stop(cid) for cid in ids]  # synchronous: no other task runs in between
+        settled = iter(await asyncio.gather(*(self._settle_one(c) for c in stopped if isinstance(c, _Call))))
+        reports = [c if isinstance(c, CancelReport) else next(settled) for c in stopped]
+        for r in reports:
+            name = self._names.pop(r.id, "?")
+            log.info("tool call %s cancelled: %s %s", r.id, r.result, r.detail, extra={"CALL_ID": r.id, "TOOL": name})
+            self._emit(EngineEvent("cancel", r.id, name, outcome=r.result, detail=r.detail))
+        return list(reports)
+
+    async def run(self, call: ToolCall) -> ToolResponse | None:
+        """Submit one call and wait for its answer (the `livehome call` and `say` paths)."""
+        if not self.submit(call):
+            return None
+        c = self._calls[call.id]
+        response = await asyncio.shield(c.finished)
+        if response is not None and self._status.get(call.id) == "ready":
+            self._remember(call.id, "answered")
+            self._calls.pop(call.id, None)
+        return response
+
+    @property
+    def outstanding(self) -> list[str]:
+        """Ids still running."""
+        return [cid for cid, c in self._calls.items() if self._status.get(cid) == "running"]
+
+    async def settle(self, timeout: float) -> list[CancelReport]:
+        """End of a conversation: give running calls `timeout` to finish, then cancel (and undo) the rest."""
+        running = [c.task for c in self._calls.values() if c.task and not c.task.done()]
+        if running:
+            await asyncio.wait(running, timeout=timeout)
+        late = self.outstanding
+        return await self.cancel(late) if late else []
+
+    # ---- execution -------------------------------------------------------------------------------------------
+
+    async def _run(self, c: _Call) -> None:
+        try:
+            response = await self._execute(c)
+        except asyncio.CancelledError:
+            c.finished.set_result(None)
+            if self._status.get(c.call.id) != "cancelled":
+                raise  # not our cancellation: the daemon is shutting down
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return
+        c.response = response
+        self._remember(c.call.id, "ready")
+        self._ready.put_nowait(c.call.id)
+        c.finished.set_result(response)
+        level = logging.INFO if response.outcome == "success" else logging.WARNING
+        log.log(
+            level,
+            "tool %s %s → %s %s",
+            c.call.name,
+            c.call.id,
+            response.outcome,
+            json.dumps(response.response, ensure_ascii=False),
+            extra=_fields(c.call),
+        )
+        self._emit(
+            EngineEvent(
+                "result",
+                c.call.id,
+                c.call.name,
+                c.call.args,
+                response.outcome,
+                response.timings["total"],
+                response.response.get("error", ""),
+            )
+        )
+
+    async def _execute(self, c: _Call) -> ToolResponse:
+        timings: dict[str, float] = {}
+        try:
+            result, outcome = await self._steps(c, timings), "success"
+        except _Failed as failure:
+            status = "unconfirmed" if failure.outcome == "timeout" else "error"
+            result, outcome = {"ok": False, "status": status, "error": str(failure)}, failure.outcome
+        timings["total"] = time.monotonic() - c.started
+        tool = self.registry.get(c.call.name)
+        scheduling = None
+        if tool is not None and tool.spec.behavior == "NON_BLOCKING":
+            scheduling = tool.spec.scheduling.for_outcome(outcome)
+        return ToolResponse(c.call.id, c.call.name, result, scheduling, outcome, timings)
+
+    async def _steps(self, c: _Call, timings: dict[str, float]) -> dict[str, Any]:
+        tool = self.registry.get(c.call.name)
+        if tool is None:
+            raise _Failed(f"unknown tool '{c.call.name}'{suggest(c.call.name, self.registry.tools)}")
+        mark = time.monotonic()
+        try:
+            c.args = tool.check_args(c.call.args)
+        except ArgumentError as exc:
+            raise _Failed(f"invalid arguments, nothing was done: {exc}") from None
+        if tool.read_topic is not None:
+            return self._read(tool, c.args)
+        env = tpl.Env(c.args)
+        try:
+            messages = tool.render_publishes(tool.publishes, env)
+            confirm_topic = tpl.render_text(tool.confirm_topic, env) if tool.confirm_topic else None
+            expect = tpl.render(tool.confirm_expect, env) if confirm_topic else None
+            state_topic = tpl.render_text(tool.state_topic, env) if tool.state_topic else None
+        except (ArgumentError, tpl.Missing) as exc:
+            raise _Failed(f"cannot build the message, nothing was done: {exc}") from None
+        timings["validate"] = time.monotonic() - mark
+        if state_topic is not None:
+            previous = self.link.last(state_topic)
+            c.previous = previous.value() if previous is not None else None
+        if not self.link.connected:
+            raise _Failed(f"MQTT broker {self.link.where} unreachable ({self.link.last_error}); nothing was sent")
+        listening = self.link.listen(confirm_topic) if confirm_topic else contextlib.nullcontext(None)
+        with listening as replies:
+            await self._publish_all(c, messages, timings)
+            if confirm_topic is None or tool.spec.confirm is None:
+                return {"ok": True, "status": "sent"}
+            mark = time.monotonic()
+            state = await self._confirm(replies, expect, tool.spec.confirm.timeout)
+            timings["confirm"] = time.monotonic() - mark
+        return {"ok": True, "status": "confirmed", "state": _trim_state(state, expect)}
+
+    async def _publish_all(self, c: _Call, messages: list[RenderedPublish], timings: dict[str, float]) -> None:
+        for i, m in enumerate(messages):
+            mark = time.monotonic()
+            c.published = True  # from here on the message may be on the wire: a cancel must undo
+            try:
+                await self.link.publish(m.topic, m.payload, m.qos, m.retain)
+            except (BrokerUnavailable, DeliveryUnknown) as exc:
+                if i == 0 and isinstance(exc, BrokerUnavailable):
+                    c.published = False  # refused before anything was handed to the socket
+                sent = f"; {i} of {len(messages)} messages went out" if len(messages) > 1 else ""
+                raise _Failed(f"{exc}{sent}") from None
+            timings[f"publish {m.topic}"] = time.monotonic() - mark
+
+    async def _confirm(self, replies: asyncio.Queue[Any], expect: Any, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        last = None
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await asyncio.wait_for(replies.get(), left)
+            except TimeoutError:
+                break
+            last = msg.value()
+            if _matches(last, expect):
+                return last
+        seen = f"; last report: {_short_json(last)}" if last is not None else ""
+        raise _Failed(f"sent, but the device did not confirm within {timeout:g}s{seen}", "timeout")
+
+    def _read(self, tool: Tool, args: dict[str, Any]) -> dict[str, Any]:
+        assert tool.read_topic is not None and tool.spec.read is not None
+        spec = tool.spec.read
+        topic = tpl.render_text(tool.read_topic, tpl.Env(args))
+        msg = self.link.last(topic)
+        if msg is None:
+            state = "connected" if self.link.connected else f"not connected: {self.link.last_error}"
+            raise _Failed(f"no reading from the device yet (MQTT {state})")
+        value = msg.value()
+        if spec.fields:
+            picked = {name: _path(value, path) for name, path in spec.fields.items()}
+            if all(v is None for v in picked.values()):
+                raise _Failed(f"the last report has none of the fields {', '.join(spec.fields.values())}")
+            value = picked
+        age = round(time.monotonic() - msg.received, 1)
+        result: dict[str, Any] = {"ok": True, "status": "read", "value": value, "age_seconds": age}
+        if msg.retain:
+            result["retained"] = True  # the broker's stored copy: its true age is unknown
+        if spec.max_age is not None and age > spec.max_age:
+            result.update(ok=False, status="stale", error=f"the last reading is {age:g}s old (limit {spec.max_age:g}s)")
+        return result
+
+    # ---- cancellation ----------------------------------------------------------------------------------------
+
+    def _stop(self, cid: str) -> CancelReport | _Call:
+        status = self._status.get(cid)
+        c = self._calls.get(cid)
+        if status is None:
+            return CancelReport(cid, "not_found", "no such call")
+        if status == "answered":
+            return CancelReport(cid, "already_answered", "its answer had already been handed over")
+        if status == "cancelled" or c is None:
+            return CancelReport(cid, "already_cancelled")
+        self._remember(cid, "cancelled")
+        self._names[cid] = c.call.name
+        self._calls.pop(cid, None)
+        if c.task is not None and not c.task.done():
+            c.task.cancel()
+        return c
+
+    async def _settle_one(self, c: _Call) -> CancelReport:
+        if c.task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await c.task
+        return await self._compensate(c)
+
+    async def _compensate(self, c: _Call) -> CancelReport:
+        cid = c.call.id
+        if not c.published:
+            return CancelReport(cid, "not_published", "nothing had been published")
+        tool = self.registry.get(c.call.name)
+        if tool is None or not tool.undo:
+            return CancelReport(cid, "no_undo", "the publish had gone out and this tool has no undo")
+        try:
+            messages = tool.render_publishes(tool.undo, tpl.Env(c.args, c.previous))
+        except (ArgumentError, tpl.Missing) as exc:
+            return CancelReport(cid, "undo_skipped", f"undo not possible: {exc}")
+        try:
+            for m in messages:
+                await self.link.publish(m.topic, m.payload, m.qos, m.retain)
+        except Exception as exc:
+            return CancelReport(cid, "undo_failed", str(exc))
+        return CancelReport(
+            cid, "undone", ", ".join(f"{m.topic} {m.payload.decode(errors='replace')}" for m in messages)
+        )
+
+    # ---- bookkeeping -----------------------------------------------------------------------------------------
+
+    def _remember(self, cid: str, status: str) -> None:
+        self._status[cid] = status
+        self._status.move_to_end(cid)
+        while len(self._status) > ID_MEMORY:
+            old, _ = self._status.popitem(last=False)
+            self._calls.pop(old, None)
+
+    def _emit(self, event: EngineEvent) -> None:
+        if self.observer is not None:
+            try:
+                self.observer(event)
+            except Exception:
+                log.exception("tool event observer failed")
+
+
+def _fields(call: ToolCall) -> dict[str, str]:
+    return {"TOOL": call.name, "CALL_ID": call.id}
+
+
+def _matches(value: Any, expect: Any) -> bool:
+    if isinstance(expect, dict):
+        return isinstance(value, dict) and all(k in value and value[k] == v for k, v in expect.items())
+    if isinstance(value, dict | list):
+        return value == expect
+    return tpl.to_text(value) == tpl.to_text(expect)
+
+
+def _path(value: Any, dotted: str) -> Any:
+    for key in dotted.split("."):
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _short_json(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def _trim_state(state: Any, expect: Any) -> Any:
+    if isinstance(state, dict) and len(json.dumps(state)) > STATE_INLINE_BYTES and isinstance(expect, dict):
+        return {k: state[k] for k in expect if k in state}
+    return state

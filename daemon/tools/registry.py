@@ -1,0 +1,363 @@
+"""Tools compiled from their specs: templates parsed, topic sets enumerated and checked, arguments validated.
+
+Everything that can be refused is refused here, at load time or before a call publishes anything.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+
+from ..yamlsrc import suggest
+from . import template as tpl
+from .spec import STRING_MAX_LENGTH, Param, Publish, ToolSpec
+
+TOPIC_MAX_BYTES = 512
+MAX_TOPIC_COMBINATIONS = 10_000
+
+
+class SpecError(Exception):
+    """Problems in one tool spec, each with its path inside the tool."""
+
+    def __init__(self, problems: list[tuple[tuple[Any, ...], str]]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(msg for _, msg in problems))
+
+
+class ArgumentError(ValueError):
+    """A call's arguments were refused; nothing was published."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why a concrete topic may not be published to, or None."""
+    if not topic:
+        return "empty topic"
+    if "#" in topic or "+" in topic:
+        return f"topic '{_short(topic)}' contains an MQTT wildcard"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in topic):
+        return f"topic {_short(topic)!r} contains a control character"
+    if "" in topic.split("/"):
+        return f"topic '{_short(topic)}' has an empty level (leading, trailing or double '/')"
+    if topic.startswith("$"):
+        return f"topic '{_short(topic)}' is a broker-internal ($) topic"
+    if len(topic.encode()) > TOPIC_MAX_BYTES:
+        return f"topic is longer than {TOPIC_MAX_BYTES} bytes"
+    return None
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + f"…({len(text)} chars)"
+
+
+@dataclass(frozen=True)
+class CompiledPublish:
+    topic: tpl.Template
+    payload: tpl.Node
+    qos: int
+    retain: bool
+
+
+@dataclass(frozen=True)
+class RenderedPublish:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+@dataclass
+class Tool:
+    spec: ToolSpec
+    publishes: list[CompiledPublish]
+    undo: list[CompiledPublish]
+    confirm_topic: tpl.Template | None
+    confirm_expect: tpl.Node
+    state_topic: tpl.Template | None  # where {previous.*} comes from
+    read_topic: tpl.Template | None
+    topics: frozenset[str]  # every topic this tool can ever publish to
+    watched: frozenset[str]  # every state topic to subscribe to at start-up
+    schema: dict[str, Any]
+    _validator: jsonschema.Draft202012Validator = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def declaration(self) -> dict[str, Any]:
+        """Transport-neutral function declaration: the live layer turns it into Gemini's form."""
+        return {
+            "name": self.spec.name,
+            "description": self.spec.description,
+            "parameters": self.schema,
+            "behavior": self.spec.behavior,
+        }
+
+    def check_args(self, args: Any) -> dict[str, Any]:
+        """Validated arguments with defaults applied and maps resolved: what templates render from.
+        Raises ArgumentError listing every problem."""
+        if not isinstance(args, Mapping):
+            raise ArgumentError([f"arguments must be an object, not {type(args).__name__}"])
+        problems = [_describe(e) for e in sorted(self._validator.iter_errors(dict(args)), key=lambda e: e.path)]
+        for key, value in args.items():
+            if isinstance(value, str) and any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+                problems.append(f"{key}: contains control characters")
+        if problems:
+            raise ArgumentError(problems)
+        out: dict[str, Any] = {}
+        for name, param in self.spec.parameters.items():
+            value = args.get(name, param.default)
+            if value is None:
+                continue
+            if param.type == "integer":
+                value = int(value)
+            if param.map is not None:
+                value = param.map[value]
+            out[name] = value
+        return out
+
+    def render_publishes(self, items: Sequence[CompiledPublish], env: tpl.Env) -> list[RenderedPublish]:
+        """Render and re-check every message before the first goes out, so a call is all or nothing."""
+        out = []
+        for item in items:
+            topic = tpl.render_text(item.topic, env)
+            if topic not in self.topics:  # cannot happen after load-time checks; a second lock on the door
+                raise ArgumentError([f"refusing to publish to undeclared topic '{_short(topic)}'"])
+            out.append(RenderedPublish(topic, encode_payload(tpl.render(item.payload, env)), item.qos, item.retain))
+        return out
+
+
+def encode_payload(value: Any) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode()
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _describe(err: jsonschema.ValidationError) -> str:
+    """jsonschema's messages echo the whole input; a 10 kB string must not end up in a log or a response."""
+    where = ".".join(str(p) for p in err.path) or "arguments"
+    inst = err.instance
+    shown = _short(repr(inst), 40) if not isinstance(inst, dict) else "object"
+    v, s = err.validator, err.validator_value
+    if v == "required":
+        return f"missing required argument '{err.message.split(chr(39))[1]}'"
+    if v == "additionalProperties":
+        extra = sorted(set(inst) - set(err.schema.get("properties", {})))
+        return f"unknown argument(s): {', '.join(_short(str(x), 40) for x in extra)}"
+    if v == "enum":
+        return f"{where}: {shown} is not one of {', '.join(map(str, s))}"
+    if v == "type":
+        return f"{where}: {shown} is not of type {s}"
+    if v == "maxLength":
+        return f"{where}: longer than {s} characters"
+    if v == "minLength":
+        return f"{where}: shorter than {s} characters"
+    if v in ("minimum", "maximum"):
+        return f"{where}: {shown} is {'below the minimum' if v == 'minimum' else 'above the maximum'} of {s}"
+    if v == "pattern":
+        return f"{where}: {shown} does not match {s}"
+    return f"{where}: {_short(err.message, 80)}"
+
+
+def param_schema(p: Param) -> dict[str, Any]:
+    s: dict[str, Any] = {"type": p.type}
+    if p.description:
+        s["description"] = p.description
+    if p.choices is not None:
+        s["enum"] = p.choices
+    for key in ("minimum", "maximum", "pattern", "minLength", "default"):
+        if getattr(p, key) is not None:
+            s[key] = getattr(p, key)
+    if p.type == "string" and p.choices is None:
+        s["maxLength"] = p.maxLength or STRING_MAX_LENGTH
+    return s
+
+
+def tool_schema(spec: ToolSpec) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": {n: param_schema(p) for n, p in spec.parameters.items()},
+        "additionalProperties": False,
+    }
+    if spec.required:
+        schema["required"] = list(spec.required)
+    return schema
+
+
+class _Checker:
+    """Collects a spec's problems with their paths instead of stopping at the first."""
+
+    def __init__(self, spec: ToolSpec) -> None:
+        self.spec = spec
+        self.problems: list[tuple[tuple[Any, ...], str]] = []
+
+    def fail(self, where: tuple[Any, ...], message: str) -> None:
+        self.problems.append((where, message))
+
+    def parse(self, raw: str, where: tuple[Any, ...]) -> tpl.Template | None:
+        try:
+            return tpl.parse(raw)
+        except tpl.TemplateError as exc:
+            self.fail(where, str(exc))
+            return None
+
+    def node(self, raw: Any, where: tuple[Any, ...], allow_previous: bool) -> tpl.Node:
+        try:
+            node = tpl.compile_value(raw)
+        except tpl.TemplateError as exc:
+            self.fail(where, str(exc))
+            return None
+        for path, t in tpl.walk(node, where):
+            for ref in t.refs():
+                self.check_ref(ref, path, allow_previous, droppable=t.whole is not None and _in_mapping(path, where))
+        return node
+
+    def check_ref(self, ref: tpl.Ref, where: tuple[Any, ...], allow_previous: bool, droppable: bool) -> None:
+        params = self.spec.parameters
+        if ref.name == "previous":
+            if not allow_previous:
+                self.fail(where, f"{ref} is only available in undo payloads")
+            return
+        if ref.name not in params:
+            self.fail(where, f"unknown placeholder {ref}{suggest(ref.name, params)}")
+            return
+        if ref.path:
+            self.fail(where, f"{ref}: only {{previous.…}} placeholders take a field path")
+        optional = ref.name not in self.spec.required and params[ref.name].default is None
+        if optional and not droppable and ref.fallback is None:
+            self.fail(
+                where,
+                f"optional parameter '{ref.name}' is used where it cannot simply be left out; make it required, "
+                f"give it a default or a fallback ({{{ref.name}|…}}), or use it as a whole mapping value",
+            )
+
+    def topic(self, raw: str, where: tuple[Any, ...]) -> tuple[tpl.Template | None, set[str]]:
+        """A topic template and every concrete topic it can produce."""
+        t = self.parse(raw, where)
+        if t is None:
+            return None, set()
+        names: list[str] = []
+        for ref in t.refs():
+            param = self.spec.parameters.get(ref.name)
+            if ref.name == "previous" or param is None:
+                self.fail(where, f"unknown placeholder {ref}{suggest(ref.name, self.spec.parameters)}")
+            elif param.values is None:
+                self.fail(
+                    where,
+                    f"topic placeholder {ref} must take an enum or map parameter, so the set of topics is fixed "
+                    f"when the config loads ('{ref.name}' is a free {param.type})",
+                )
+            elif ref.name not in self.spec.required and param.default is None:
+                self.fail(where, f"topic placeholder {ref} needs a required parameter or one with a default")
+            elif ref.fallback is not None or ref.path:
+                self.fail(where, f"topic placeholder {ref} cannot have a fallback or field path")
+            elif ref.name not in names:
+                names.append(ref.name)
+        if any(w == where for w, _ in self.problems):
+            return None, set()
+        value_lists = [self.spec.parameters[n].values or [] for n in names]
+        combos = 1
+        for values in value_lists:
+            combos *= len(values)
+        if combos > MAX_TOPIC_COMBINATIONS:
+            self.fail(where, f"topic expands to {combos} topics (more than {MAX_TOPIC_COMBINATIONS})")
+            return None, set()
+        topics: set[str] = set()
+        for combo in itertools.product(*value_lists):
+            topic = tpl.render_text(t, tpl.Env(dict(zip(names, combo, strict=True))))
+            if problem := topic_problem(topic):
+                self.fail(where, problem)
+                return None, set()
+            topics.add(topic)
+        return t, topics
+
+    def publishes(self, items: list[Publish], where: tuple[Any, ...], allow_previous: bool):
+        compiled, topics = [], set()
+        for i, item in enumerate(items):
+            topic, concrete = self.topic(item.topic, (*where, i, "topic"))
+            payload = self.node(item.payload, (*where, i, "payload"), allow_previous)
+            topics |= concrete
+            if topic is not None:
+                compiled.append(CompiledPublish(topic, payload, item.qos, item.retain))
+        return compiled, topics
+
+
+def _in_mapping(path: tuple[Any, ...], base: tuple[Any, ...]) -> bool:
+    """True when the template sits directly as a mapping value (its key can be dropped)."""
+    return len(path) > len(base) and isinstance(path[-1], str)
+
+
+def compile_tool(spec: ToolSpec) -> Tool:
+    c = _Checker(spec)
+    publishes, topics = c.publishes(spec.publish or [], ("publish",), allow_previous=False)
+    confirm_topic, confirm_expect, watched = None, None, set()
+    if spec.confirm:
+        confirm_topic, found = c.topic(spec.confirm.topic, ("confirm", "topic"))
+        watched |= found
+        confirm_expect = c.node(spec.confirm.expect, ("confirm", "expect"), allow_previous=False)
+    undo: list[CompiledPublish] = []
+    state_topic = confirm_topic
+    if spec.undo:
+        undo, undo_topics = c.publishes(spec.undo.publish, ("undo", "publish"), allow_previous=True)
+        topics |= undo_topics
+        if spec.undo.state_topic:
+            state_topic, found = c.topic(spec.undo.state_topic, ("undo", "state_topic"))
+            watched |= found
+        uses_previous = any(ref.name == "previous" for p in undo for _, t in tpl.walk(p.payload) for ref in t.refs())
+        if uses_previous and state_topic is None and not spec.undo.state_topic:
+            c.fail(("undo",), "{previous.…} needs a state topic: add confirm or undo.state_topic")
+    read_topic = None
+    if spec.read:
+        read_topic, found = c.topic(spec.read.topic, ("read", "topic"))
+        watched |= found
+    if c.problems:
+        raise SpecError(c.problems)
+    schema = tool_schema(spec)
+    return Tool(
+        spec=spec,
+        publishes=publishes,
+        undo=undo,
+        confirm_topic=confirm_topic,
+        confirm_expect=confirm_expect,
+        state_topic=state_topic,
+        read_topic=read_topic,
+        topics=frozenset(topics),
+        watched=frozenset(watched),
+        schema=schema,
+        _validator=jsonschema.Draft202012Validator(schema),
+    )
+
+
+class Registry:
+    """The loaded tools by name."""
+
+    def __init__(self, tools: Iterable[Tool]) -> None:
+        self.tools = {t.name: t for t in tools}
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.tools
+
+    def get(self, name: str) -> Tool | None:
+        return self.tools.get(name)
+
+    def declarations(self) -> list[dict[str, Any]]:
+        return [t.declaration() for t in self.tools.values()]
+
+    @property
+    def topics(self) -> frozenset[str]:
+        return frozenset().union(*(t.topics for t in self.tools.values()))
+
+    @property
+    def watched(self) -> frozenset[str]:
+        return frozenset().union(*(t.watched for t in self.tools.values()))

@@ -1,0 +1,187 @@
+"""The YAML tool spec: what a tool may do, checked once when the config loads.
+
+The security model lives here. Every topic a tool can ever publish to is enumerated at load time: a topic
+placeholder may only take the values of an enum or a map, so a model can never steer a publish elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, StrictBool, StrictFloat, StrictInt, StrictStr, field_validator, model_validator
+
+from ..schema import Duration, StrictModel
+from ..yamlsrc import suggest
+
+Scheduling = Literal["SILENT", "WHEN_IDLE", "INTERRUPT"]
+Behavior = Literal["BLOCKING", "NON_BLOCKING"]
+Scalar = StrictStr | StrictInt | StrictFloat
+
+NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+STRING_MAX_LENGTH = 256  # default cap on any string argument; a spec may lower it or raise it to HARD_MAX_LENGTH
+HARD_MAX_LENGTH = 4096
+
+
+class Param(StrictModel):
+    """One argument, in a JSON-Schema subset Gemini understands."""
+
+    type: Literal["string", "integer", "number", "boolean"]
+    description: str | None = None
+    enum: list[Scalar] | None = Field(default=None, min_length=1)
+    map: dict[str, Scalar] | None = Field(
+        default=None, min_length=1, description="spoken name → device value; the names form the enum"
+    )
+    minimum: StrictInt | StrictFloat | None = None
+    maximum: StrictInt | StrictFloat | None = None
+    pattern: str | None = None
+    minLength: int | None = Field(default=None, ge=0)
+    maxLength: int | None = Field(default=None, ge=1, le=HARD_MAX_LENGTH)
+    default: Scalar | StrictBool | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Param:
+        if self.map is not None and self.type != "string":
+            raise ValueError("map is for string parameters (the spoken names)")
+        if self.map is not None and self.enum is not None:
+            raise ValueError("give either enum or map: the map's names already form the enum")
+        numeric = self.type in ("integer", "number")
+        if (self.minimum is not None or self.maximum is not None) and not numeric:
+            raise ValueError("minimum/maximum are for integer and number parameters")
+        if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
+            raise ValueError("minimum is greater than maximum")
+        if (self.pattern or self.minLength is not None or self.maxLength is not None) and self.type != "string":
+            raise ValueError("pattern/minLength/maxLength are for string parameters")
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regular expression: {exc}") from None
+        for value in self.enum or []:
+            if not _type_ok(self.type, value):
+                raise ValueError(f"enum value {value!r} is not of type {self.type}")
+        if self.default is not None:
+            allowed = list(self.map) if self.map else self.enum
+            if not _type_ok(self.type, self.default) or (allowed is not None and self.default not in allowed):
+                raise ValueError(f"default {self.default!r} is not a valid value of this parameter")
+        return self
+
+    @property
+    def choices(self) -> list[Any] | None:
+        """What the model may say: the map's names or the enum."""
+        return list(self.map) if self.map else self.enum
+
+    @property
+    def values(self) -> list[Any] | None:
+        """What the argument turns into after mapping: the map's values or the enum."""
+        return list(self.map.values()) if self.map else self.enum
+
+
+def _type_ok(kind: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return kind == "boolean"
+    return {
+        "string": isinstance(value, str),
+        "integer": isinstance(value, int) or (isinstance(value, float) and value.is_integer()),
+        "number": isinstance(value, int | float),
+        "boolean": False,
+    }[kind]
+
+
+def _one_or_many(v: Any) -> Any:
+    return [v] if isinstance(v, dict) else v
+
+
+class Publish(StrictModel):
+    topic: str = Field(min_length=1)
+    payload: Any = Field(default=None, description="mapping/list → JSON, string → raw text, null → empty")
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = False
+
+
+class Confirm(StrictModel):
+    """Wait for the device to report the new state, so the model only says 'done' when it is."""
+
+    topic: str = Field(min_length=1)
+    expect: Any = Field(description="mapping: these fields must match; scalar: the whole payload must match")
+    timeout: Duration = Field(default=3.0, gt=0, le=120)
+
+
+class Read(StrictModel):
+    """Answer from the last message seen on a state topic; never publishes."""
+
+    topic: str = Field(min_length=1)
+    max_age: Duration | None = Field(default=None, gt=0, description="older readings are reported as stale")
+    fields: dict[str, str] | None = Field(default=None, description="answer name → dotted path in the payload")
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _list_fields(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return {str(p).rsplit(".", 1)[-1]: p for p in v}
+        return v
+
+
+class Undo(StrictModel):
+    """A compensating publish, run when the call is cancelled after its publish went out."""
+
+    publish: list[Publish] = Field(min_length=1)
+    state_topic: str | None = Field(default=None, description="where {previous.*} comes from; default confirm.topic")
+
+    @field_validator("publish", mode="before")
+    @classmethod
+    def _wrap(cls, v: Any) -> Any:
+        return _one_or_many(v)
+
+
+class SchedulingSpec(StrictModel):
+    success: Scheduling = "WHEN_IDLE"
+    error: Scheduling = "INTERRUPT"
+    timeout: Scheduling | None = Field(default=None, description="unconfirmed; default: as error")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single(cls, v: Any) -> Any:
+        return {"success": v, "error": v, "timeout": v} if isinstance(v, str) else v
+
+    def for_outcome(self, outcome: str) -> str:
+        if outcome == "timeout":
+            return self.timeout or self.error
+        return self.success if outcome == "success" else self.error
+
+
+class ToolSpec(StrictModel):
+    name: str = Field(pattern=NAME_RE, description="letters, digits and _, at most 64")
+    description: str = Field(min_length=1, description="what the model reads to decide when to call it")
+    parameters: dict[str, Param] = Field(default_factory=dict)
+    required: list[str] = Field(default_factory=list)
+    behavior: Behavior = "NON_BLOCKING"
+    scheduling: SchedulingSpec = SchedulingSpec()
+    publish: list[Publish] | None = Field(default=None, description="one publish or a list, sent in order")
+    confirm: Confirm | None = None
+    read: Read | None = None
+    undo: Undo | None = None
+
+    @field_validator("publish", mode="before")
+    @classmethod
+    def _wrap(cls, v: Any) -> Any:
+        return _one_or_many(v)
+
+    @field_validator("parameters")
+    @classmethod
+    def _param_names(cls, v: dict[str, Param]) -> dict[str, Param]:
+        for name in v:
+            if not re.match(NAME_RE, name) or name == "previous":
+                raise ValueError(f"parameter name '{name}' must be letters, digits and _ (and not 'previous')")
+        return v
+
+    @model_validator(mode="after")
+    def _shape(self) -> ToolSpec:
+        if (self.publish is None) == (self.read is None):
+            raise ValueError("a tool has exactly one action: publish (optionally with confirm/undo) or read")
+        if self.read is not None and (self.confirm or self.undo):
+            raise ValueError("confirm and undo go with publish, not with read")
+        for name in self.required:
+            if name not in self.parameters:
+                raise ValueError(f"required names unknown parameter '{name}'{suggest(name, self.parameters)}")
+        return self
