@@ -1,0 +1,504 @@
+"""Scenarios for the Live API simulator: what the fake model does when the user types or says something.
+
+A scenario is a list of turns run in order. Each turn waits for user input matching its trigger (`on:`) and then
+runs its steps, which send what the real service would send (transcriptions, tool calls, audio, goAway, ...) or
+wait for the client (tool responses, a reconnect). The format is user-facing (`livehome simulate`), so every
+mistake is reported with its file and line, and ids that steps refer to are checked before anything runs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from ..schema import Duration, StrictModel, problems_from_validation
+from ..yamlsrc import ConfigError, LDict, LList, Problem, dotted, load_yaml, locate, suggest
+
+SCENARIO_DIR = Path(__file__).parent / "scenarios"
+
+# Steps written as a bare word (`- turn_complete`) or with an empty value.
+FLAG_STEPS = ("generation_complete", "turn_complete", "interrupted", "abort")
+# Steps whose value may be left out: `- await_tools` means "all outstanding calls".
+OPTIONAL_VALUE_STEPS = ("await_tools", "resumption_update", "expect_reconnect")
+TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_WORDS = re.compile(r"[^\w\s]+")
+
+
+def normalize_text(text: str) -> str:
+    """Case, punctuation and spacing do not matter when matching what the user typed."""
+    return " ".join(_WORDS.sub(" ", text.casefold()).split())
+
+
+class VadSettings(StrictModel):
+    """Energy-based utterance detection on the PCM the client streams (the service's own VAD is a model; an
+    RMS gate is enough to tell whether the client's speech arrived, and whole)."""
+
+    threshold: float = Field(default=500.0, gt=0, description="RMS (int16 units) of a 20 ms frame that is speech")
+    speech_start: Duration = Field(default=0.06, description="voiced time before an utterance counts as started")
+    end_silence: Duration = Field(default=0.6, gt=0, description="silence that ends an utterance")
+    preroll: Duration = Field(default=0.3, le=5, description="audio kept from before the speech started")
+
+
+class VoiceSettings(StrictModel):
+    """The model's voice: espeak-ng, sent as the service sends it (s16le PCM in base64 chunks)."""
+
+    rate: int = Field(default=24000, ge=8000, le=48000)
+    chunk: Duration = Field(default=0.04, gt=0, le=1, description="audio per serverContent message")
+    voice: str = "en-us"
+    speed: int = Field(default=175, ge=80, le=450, description="words per minute")
+
+
+class Settings(StrictModel):
+    pace: Literal["fast", "realtime"] = Field(
+        default="fast", description="send model audio as fast as possible, or one chunk per chunk duration"
+    )
+    reconnect_timeout: Duration = Field(default=15.0, gt=0, description="how long a step waits for a connection")
+    setup_timeout: Duration = Field(default=10.0, gt=0, description="how long a new connection may take to set up")
+    tool_timeout: Duration = Field(default=10.0, gt=0, description="default for await_tools")
+    unexpected_input: Literal["violation", "ignore"] = Field(
+        default="violation", description="user input that no pending turn expects"
+    )
+    resume_while_open: Literal["reject", "allow"] = Field(
+        default="reject", description="a resume while the session's previous connection is still open"
+    )
+    vad: VadSettings = VadSettings()
+    voice: VoiceSettings = VoiceSettings()
+
+
+class SpeechTrigger(StrictModel):
+    min_duration: Duration = 0.0
+    max_duration: Duration | None = None
+
+
+class Trigger(StrictModel):
+    """What starts a turn. Several keys mean any of them; `on: text`, `on: speech`, `on: any` are shorthands."""
+
+    text: bool | str | list[str] | None = Field(
+        default=None, description="true for any text, or the text(s) expected (case and punctuation ignored)"
+    )
+    pattern: str | None = Field(default=None, description="regular expression searched in the text, ignoring case")
+    speech: bool | SpeechTrigger | None = Field(default=None, description="an utterance in the streamed audio")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            forms = {"text": {"text": True}, "speech": {"speech": True}, "any": {"text": True, "speech": True}}
+            if data not in forms:
+                raise PydanticCustomError(
+                    "trigger", "expected text, speech, any or a mapping{hint}", {"hint": suggest(data, forms)}
+                )
+            return forms[data]
+        return data
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"not a regular expression: {exc}") from None
+        return v
+
+    @model_validator(mode="after")
+    def _something(self) -> Trigger:
+        if not (self.text or self.pattern or self.speech):
+            raise ValueError("a trigger needs text, pattern or speech")
+        return self
+
+    def accepts_text(self, text: str) -> bool:
+        if self.text is True:
+            return True
+        wanted = [self.text] if isinstance(self.text, str) else (self.text or [])
+        if normalize_text(text) in {normalize_text(w) for w in wanted}:
+            return True
+        return bool(self.pattern and re.search(self.pattern, text, re.IGNORECASE))
+
+    def accepts_speech(self, duration: float) -> bool:
+        if not self.speech:
+            return False
+        if isinstance(self.speech, SpeechTrigger):
+            if duration < self.speech.min_duration:
+                return False
+            if self.speech.max_duration is not None and duration > self.speech.max_duration:
+                return False
+        return True
+
+    def describe(self) -> str:
+        parts = []
+        if self.text is True:
+            parts.append("any text")
+        elif self.text:
+            parts.append("text " + " or ".join(repr(t) for t in ([self.text] if isinstance(self.text, str)
+                                                                 else self.text)))
+        if self.pattern:
+            parts.append(f"text matching /{self.pattern}/")
+        if self.speech:
+            parts.append("speech")
+        return " or ".join(parts)
+
+
+class CallSpec(StrictModel):
+    name: str = Field(description="the tool's name as the client declares it")
+    args: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = Field(default=None, min_length=1, description="fixed id, so later steps can refer to it")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not TOOL_NAME.match(v):
+            raise ValueError("a tool name starts with a letter or _, then letters, digits, _ . : - (64 at most)")
+        return v
+
+
+class AwaitTools(StrictModel):
+    ids: list[str] | None = Field(default=None, description="the calls to wait for; all outstanding ones if unset")
+    timeout: Duration | None = Field(default=None, gt=0, description="settings.tool_timeout if unset")
+    expect: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per id, keys and values the response must contain"
+    )
+    on_timeout: Literal["violation", "continue"] = "violation"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        if data is None or data == "all":
+            return {}
+        if isinstance(data, str):
+            return {"ids": [data]}
+        if isinstance(data, list):
+            return {"ids": data}
+        return data
+
+
+class Say(StrictModel):
+    text: str = Field(min_length=1, description="what the model says (espeak-ng)")
+    transcript: bool | str = Field(default=True, description="outputTranscription: the text, other text, or none")
+    pace: Literal["fast", "realtime"] | None = None
+    on_barge_in: list[Step] | None = Field(
+        default=None,
+        description="if the user starts speaking while this audio plays: run these steps and end the turn",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        return {"text": data} if isinstance(data, str) else data
+
+
+class GoAway(StrictModel):
+    time_left: Duration = Field(default=10.0, description="then the connection is closed if the client stays")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        return {"time_left": data} if not isinstance(data, dict) else data
+
+
+class ResumptionUpdate(StrictModel):
+    resumable: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        return {"resumable": data} if isinstance(data, bool) else data
+
+
+class Close(StrictModel):
+    code: int = Field(ge=1000, le=4999)
+    reason: str = Field(default="", max_length=123)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        return {"code": data} if isinstance(data, int) and not isinstance(data, bool) else data
+
+    @field_validator("code")
+    @classmethod
+    def _sendable(cls, v: int) -> int:
+        if v in (1004, 1005, 1006, 1015) or 1016 <= v <= 2999:
+            raise ValueError(f"close code {v} cannot be sent in a close frame (use abort for an abrupt close)")
+        return v
+
+    @field_validator("reason")
+    @classmethod
+    def _bytes(cls, v: str) -> str:
+        if len(v.encode()) > 123:
+            raise ValueError("a close reason is at most 123 bytes of UTF-8")
+        return v
+
+
+class ExpectReconnect(StrictModel):
+    resumed: bool | None = Field(default=True, description="true: must resume; false: must not; null: either")
+    timeout: Duration | None = Field(default=None, gt=0, description="settings.reconnect_timeout if unset")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short(cls, data: Any) -> Any:
+        return {} if data is None else data
+
+
+class Step(StrictModel):
+    """One thing the fake model does: a mapping with exactly one key, the step's kind."""
+
+    input_transcription: str | None = Field(default=None, description="serverContent.inputTranscription")
+    tool_call: list[CallSpec] | None = Field(default=None, description="one toolCall message with these calls")
+    await_tools: AwaitTools | None = None
+    say: Say | None = None
+    generation_complete: Literal[True] | None = None
+    turn_complete: Literal[True] | None = None
+    interrupted: Literal[True] | None = None
+    cancel_tools: list[str] | None = Field(default=None, min_length=1, description="toolCallCancellation ids")
+    go_away: GoAway | None = None
+    resumption_update: ResumptionUpdate | None = None
+    abort: Literal[True] | None = Field(default=None, description="drop the TCP connection (the client sees 1006)")
+    close: Close | None = None
+    sleep: Duration | None = None
+    expect_reconnect: ExpectReconnect | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_kind(cls, data: Any) -> Any:
+        kinds = list(cls.model_fields)
+        if isinstance(data, str):
+            if data in FLAG_STEPS:
+                return {data: True}
+            if data in OPTIONAL_VALUE_STEPS:
+                return {data: {}}
+            if data in kinds:
+                raise PydanticCustomError("step", "step '{kind}' needs a value", {"kind": data})
+            raise PydanticCustomError("step", "unknown step '{kind}'{hint}", {"kind": data,
+                                                                              "hint": suggest(data, kinds)})
+        if isinstance(data, dict):
+            if len(data) != 1:
+                raise PydanticCustomError(
+                    "step",
+                    "a step is a mapping with one key, its kind (got {keys}); put options under it, "
+                    "e.g. `say: {text: ..., pace: realtime}`",
+                    {"keys": ", ".join(map(str, data)) or "none"},
+                )
+            (kind, value), = data.items()
+            if value is None:
+                if kind in FLAG_STEPS:
+                    return {kind: True}
+                if kind in OPTIONAL_VALUE_STEPS:
+                    return {kind: {}}
+                if kind in kinds and kind not in OPTIONAL_VALUE_STEPS:
+                    raise PydanticCustomError("step", "step '{kind}' needs a value", {"kind": kind})
+            return data
+        raise PydanticCustomError("step", "a step is a word such as turn_complete or a one-key mapping")
+
+    @field_validator("tool_call", mode="before")
+    @classmethod
+    def _one_call(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+    @field_validator("cancel_tools", mode="before")
+    @classmethod
+    def _one_id(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
+
+    @property
+    def value(self) -> Any:
+        return getattr(self, self.kind)
+
+
+Say.model_rebuild()
+
+
+class Turn(StrictModel):
+    name: str | None = None
+    on: Trigger
+    steps: list[Step] = Field(min_length=1)
+
+    def label(self, index: int) -> str:
+        return f"turn {index + 1}" + (f" ({self.name})" if self.name else "")
+
+
+class Scenario(StrictModel):
+    name: str = ""
+    description: str = ""
+    models: list[str] = Field(default_factory=list, description="model names accepted besides the default")
+    vars: dict[str, Any] = Field(default_factory=dict, description="${name} placeholders, overridable")
+    settings: Settings = Settings()
+    turns: list[Turn] = Field(min_length=1)
+
+    _source: str = PrivateAttr(default="")
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    @classmethod
+    def from_yaml(cls, path: Path | str, vars: Mapping[str, Any] | None = None) -> Scenario:
+        """Load and check one scenario file; raises ConfigError naming file, line and field of each problem."""
+        path = Path(path)
+        raw = load_yaml(path)
+        if not isinstance(raw, LDict):
+            raise ConfigError([Problem(str(path), getattr(raw, "line", 1), "", "a scenario is a mapping")])
+        _substitute(raw, dict(vars or {}))
+        try:
+            scenario = cls.model_validate(raw)
+        except ValidationError as exc:
+            raise ConfigError(_problems(exc, raw)) from None
+        problems = _check_references(scenario, raw)
+        if problems:
+            raise ConfigError(problems)
+        if not scenario.name:
+            scenario = scenario.model_copy(update={"name": path.stem})
+        scenario._source = str(path)
+        return scenario
+
+    def steps(self) -> Iterator[Step]:
+        """Every step, nested barge-in steps included."""
+
+        def walk(steps: list[Step]) -> Iterator[Step]:
+            for step in steps:
+                yield step
+                if step.say and step.say.on_barge_in:
+                    yield from walk(step.say.on_barge_in)
+
+        for turn in self.turns:
+            yield from walk(turn.steps)
+
+    def tool_names(self) -> set[str]:
+        return {c.name for s in self.steps() if s.tool_call for c in s.tool_call}
+
+
+def packaged_scenarios() -> dict[str, Path]:
+    """The scenarios shipped with livehome, by name."""
+    return {p.stem: p for p in sorted(SCENARIO_DIR.glob("*.yaml"))}
+
+
+def find_scenario(name_or_path: str | Path) -> Path:
+    """A packaged scenario by name ("lights_on"), else a file path."""
+    packaged = packaged_scenarios()
+    if isinstance(name_or_path, str) and name_or_path in packaged:
+        return packaged[name_or_path]
+    path = Path(name_or_path)
+    if not path.exists() and isinstance(name_or_path, str) and "/" not in name_or_path and path.suffix == "":
+        raise ConfigError([Problem(name_or_path, 0, "", "no such scenario file or packaged scenario"
+                                   f"{suggest(name_or_path, packaged)} (packaged: {', '.join(packaged)})")])
+    return path
+
+
+def load_scenario(name_or_path: str | Path, vars: Mapping[str, Any] | None = None) -> Scenario:
+    return Scenario.from_yaml(find_scenario(name_or_path), vars)
+
+
+def _substitute(raw: LDict, overrides: dict[str, Any]) -> None:
+    """Replace ${name} in string values with the scenario's vars (a whole-value reference keeps the var's type),
+    so one scenario can serve clients whose tools are named differently."""
+    problems: list[Problem] = []
+    defined = raw.get("vars") or {}
+    if not isinstance(defined, dict):
+        return  # validation reports it
+    for key in overrides:
+        if key not in defined:
+            problems.append(Problem(raw.file, 0, f"vars.{key}", f"the scenario has no such variable"
+                                    f"{suggest(key, defined)} (it defines: {', '.join(defined) or 'none'})"))
+    values = {**defined, **overrides}
+
+    def subst(value: str, file: str, line: int, where: list[Any]) -> Any:
+        def one(name: str) -> Any:
+            if name not in values:
+                problems.append(Problem(file, line, dotted(where),
+                                        f"undefined variable '{name}'{suggest(name, values)}"))
+                return ""
+            return values[name]
+
+        whole = _VAR.fullmatch(value)
+        if whole:
+            return one(whole.group(1))
+        return _VAR.sub(lambda m: str(one(m.group(1))), value)
+
+    def walk(node: Any, where: list[Any]) -> None:
+        if isinstance(node, LDict):
+            for key, child in node.items():
+                if not where and key == "vars":
+                    continue
+                if isinstance(child, str) and "${" in child:
+                    node[key] = subst(child, node.file, node.lines.get(key, node.line), [*where, key])
+                else:
+                    walk(child, [*where, key])
+        elif isinstance(node, LList):
+            for i, child in enumerate(node):
+                if isinstance(child, str) and "${" in child:
+                    node[i] = subst(child, node.file, node.lines[i], [*where, i])
+                else:
+                    walk(child, [*where, i])
+
+    walk(raw, [])
+    if isinstance(raw.get("vars"), LDict):
+        for key, value in overrides.items():
+            if key in raw["vars"]:
+                raw["vars"][key] = value
+    if problems:
+        raise ConfigError(problems)
+
+
+def _problems(exc: ValidationError, root: Any) -> list[Problem]:
+    """schema.problems_from_validation, with the step and trigger messages (which already name what was given)
+    kept as they are."""
+    problems = problems_from_validation(exc, root, Scenario)
+    for i, err in enumerate(exc.errors(include_url=False)):
+        if err["type"] in ("step", "trigger"):
+            problems[i] = Problem(problems[i].file, problems[i].line, problems[i].where, err["msg"])
+    return problems
+
+
+def _check_references(scenario: Scenario, raw: Any) -> list[Problem]:
+    """Ids that steps refer to must be defined by an earlier tool_call with a fixed id, and an id names one
+    tool only; caught here so a typo fails at load time, not halfway through a run."""
+    problems: list[Problem] = []
+    defined: dict[str, str] = {}
+
+    def problem(loc: tuple[Any, ...], message: str) -> None:
+        file, line = locate(raw, loc)
+        problems.append(Problem(file, line, dotted(loc), message))
+
+    def known(call_id: str, loc: tuple[Any, ...]) -> None:
+        if call_id not in defined:
+            problem(loc, f"no earlier tool_call has id '{call_id}'{suggest(call_id, defined)}"
+                         f" (give the call an `id:` to refer to it)")
+
+    def walk(steps: list[Step], loc: tuple[Any, ...]) -> None:
+        for j, step in enumerate(steps):
+            here = (*loc, j)
+            if step.tool_call:
+                for k, call in enumerate(step.tool_call):
+                    if call.id is None:
+                        continue
+                    if defined.get(call.id, call.name) != call.name:
+                        problem((*here, "tool_call", k, "id"),
+                                f"id '{call.id}' was already used for tool '{defined[call.id]}'")
+                    defined.setdefault(call.id, call.name)
+            if step.await_tools:
+                for k, call_id in enumerate(step.await_tools.ids or []):
+                    known(call_id, (*here, "await_tools", "ids", k))
+                for call_id in step.await_tools.expect:
+                    known(call_id, (*here, "await_tools", "expect", call_id))
+                    if step.await_tools.ids is not None and call_id not in step.await_tools.ids:
+                        problem((*here, "await_tools", "expect", call_id), f"'{call_id}' is not in ids")
+            if step.cancel_tools:
+                for k, call_id in enumerate(step.cancel_tools):
+                    known(call_id, (*here, "cancel_tools", k))
+            if step.say and step.say.on_barge_in:
+                walk(step.say.on_barge_in, (*here, "say", "on_barge_in"))
+
+    for i, turn in enumerate(scenario.turns):
+        walk(turn.steps, ("turns", i, "steps"))
+    return problems

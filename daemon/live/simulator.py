@@ -1,0 +1,1588 @@
+"""A strict local stand-in for the Gemini Live API, so the real google-genai SDK can be exercised end to end.
+
+The real service cannot be reached from tests or from a Pi on the bench, and a mock inside the SDK would test
+nothing that matters: the wire format, TLS, close codes and timing of frames are where clients break. This
+serves the Live WebSocket over TLS on loopback (its own CA, written to `state_dir`), speaks the frames the
+service speaks, plays a scenario (see scenario.py) and is much stricter than the service about what the client
+sends: every deviation is recorded as a violation so a test can fail on it.
+
+Refusals imitate the service (close codes and reasons as users report them from the real one):
+  wrong API key          -> close 1007 "API key not valid. Please pass a valid API key."
+  no API key             -> close 1008 "Method doesn't allow unregistered callers ..."
+  unknown model          -> close 1008 "models/x is not found for API version v1beta, or is not supported ..."
+  malformed setup/frame  -> close 1007 "Invalid JSON payload received. ..." / "Request contains an invalid argument."
+  unknown resume handle  -> close 1007 "Request contains an invalid argument."
+  goAway deadline passed -> close 1011 "Deadline expired before operation could complete."
+Each refusal happens after the client's setup frame, as the service does, so the SDK raises APIError(code).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import copy
+import datetime
+import ipaddress
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import signal
+import ssl
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from websockets.asyncio.server import Server, ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+
+from ..speech import SpeechUnavailable, synthesize
+from .scenario import (
+    AwaitTools,
+    CallSpec,
+    Close,
+    ExpectReconnect,
+    GoAway,
+    ResumptionUpdate,
+    Say,
+    Scenario,
+    Step,
+    Turn,
+    VadSettings,
+    load_scenario,
+)
+
+log = logging.getLogger("livehome.simulator")
+
+DEFAULT_MODELS = ("models/gemini-3.8-live",)
+API_VERSIONS = ("v1", "v1beta", "v1alpha")
+PATH_RE = re.compile(r"/ws/google\.ai\.generativelanguage\.([A-Za-z0-9]+)\.GenerativeService\.BidiGenerateContent$")
+FRAME_SECONDS = 0.02
+
+BAD_KEY = (1007, "API key not valid. Please pass a valid API key.")
+NO_KEY = (1008, "Method doesn't allow unregistered callers (callers without established identity). Please use "
+                "API Key or other form of API consumer identity to call this API.")
+INVALID_ARGUMENT = (1007, "Request contains an invalid argument.")
+DEADLINE = (1011, "Deadline expired before operation could complete.")
+SESSION_IN_USE = (1011, "The session is in use by another connection.")
+
+_URLSAFE_B64 = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
+_STD_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+_PCM_MIME = re.compile(r"^audio/pcm(?:\s*;\s*rate=(\d+))?\s*$", re.IGNORECASE)
+_SCHEDULING = ("SCHEDULING_UNSPECIFIED", "SILENT", "WHEN_IDLE", "INTERRUPT")
+
+# The setup keys the service knows (snake_case; the SDK sends camelCase at the top levels and snake_case in the
+# dicts it passes through). None: any value; a dict: its known keys.
+_BLOB = {"data": None, "mime_type": None, "display_name": None}
+_GENERATION_CONFIG = {
+    **dict.fromkeys(
+        [
+            "audio_timestamp", "audio_transcription_config", "candidate_count", "enable_affective_dialog",
+            "enable_enhanced_civic_answers", "frequency_penalty", "logprobs", "max_output_tokens",
+            "media_resolution", "model_selection_config", "presence_penalty", "response_format",
+            "response_json_schema", "response_logprobs", "response_mime_type", "response_modalities",
+            "response_schema", "routing_config", "seed", "stop_sequences", "temperature", "top_k", "top_p",
+            "translation_config",
+        ]
+    ),
+    "speech_config": {"voice_config": None, "language_code": None, "multi_speaker_voice_config": None},
+    "thinking_config": {"include_thoughts": None, "thinking_budget": None, "thinking_level": None},
+}
+_SETUP = {
+    "model": None,
+    "generation_config": _GENERATION_CONFIG,
+    "system_instruction": None,
+    "tools": None,
+    "session_resumption": {"handle": None, "transparent": None},
+    "context_window_compression": {"trigger_tokens": None, "sliding_window": {"target_tokens": None}},
+    "input_audio_transcription": None,
+    "output_audio_transcription": None,
+    "realtime_input_config": {
+        "automatic_activity_detection": dict.fromkeys(
+            ["disabled", "start_of_speech_sensitivity", "end_of_speech_sensitivity", "prefix_padding_ms",
+             "silence_duration_ms"]
+        ),
+        "activity_handling": None,
+        "turn_coverage": None,
+        "interim_transcript_timestamp_enabled": None,
+    },
+    "proactivity": {"proactive_audio": None, "proactive_video": None},
+    "history_config": None,
+    "avatar_config": None,
+    "safety_settings": None,
+    "labels": None,
+}
+_REALTIME_INPUT = {"audio": _BLOB, "audio_stream_end": None, "text": None, "activity_start": {},
+                   "activity_end": {}, "video": _BLOB, "media_chunks": None}
+_CLIENT_CONTENT = {"turns": None, "turn_complete": None}
+_TOOL_RESPONSE = {"function_responses": None}
+_FUNCTION_RESPONSE = dict.fromkeys(["id", "name", "response", "scheduling", "will_continue", "parts"])
+_CONTEXT_UPDATE = {"system_instruction": None, "tools": None}
+_CLIENT_MESSAGES = ("setup", "client_content", "realtime_input", "tool_response", "context_update")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of the protocol transcript. `conn` is the connection number (0: no connection); `t` is
+    time.monotonic()."""
+
+    conn: int
+    direction: Literal["in", "out", "event"]
+    kind: str
+    detail: dict[str, Any]
+    t: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"conn": self.conn, "dir": self.direction, "kind": self.kind, "t": round(self.t, 6), **self.detail}
+
+
+@dataclass(frozen=True)
+class Violation:
+    conn: int
+    message: str
+    t: float
+
+    def __str__(self) -> str:
+        return f"connection {self.conn}: {self.message}" if self.conn else self.message
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """Speech found in the client's audio. `pcm` runs from the preroll before the speech to the point the end was
+    detected; `duration` and `rms` cover the voiced part only (first to last voiced 20 ms frame), in audio time,
+    so they do not depend on how fast the client sent it."""
+
+    conn: int
+    rate: int
+    pcm: bytes
+    offset: float  # where `pcm` starts, in seconds of this connection's audio stream
+    speech_start: float  # where the voiced part starts, same clock
+    duration: float
+    rms: float
+    started: float  # monotonic time the start was detected
+    ended: float
+    complete: bool
+    ended_by: Literal["silence", "audio_stream_end", "activity_end", "disconnect", "rate_change"]
+
+    @property
+    def speech_pcm(self) -> bytes:
+        start = round((self.speech_start - self.offset) * self.rate) * 2
+        return self.pcm[start : start + round(self.duration * self.rate) * 2]
+
+
+@dataclass(frozen=True)
+class ToolResponseRecord:
+    """One functionResponse as it came back: accepted, or the reason it was not."""
+
+    id: str | None
+    name: str | None
+    response: Any
+    scheduling: str | None
+    conn: int
+    t: float
+    accepted: bool
+    problem: str | None
+    latency: float | None  # since the call was (last) sent
+
+
+@dataclass
+class ConnectionInfo:
+    number: int
+    path: str
+    api_version: str
+    opened: float
+    model: str | None = None
+    session: int | None = None
+    resumed: bool = False
+    handle: str | None = None
+    setup: dict[str, Any] | None = None
+    declared_tools: tuple[str, ...] = ()
+    rejected: tuple[int, str] | None = None
+    closed: float | None = None
+    close_code: int | None = None
+    close_reason: str | None = None
+    closed_by: Literal["client", "server", "abort", "network"] | None = None
+    audio_bytes: int = 0
+    audio_seconds: float = 0.0
+
+
+@dataclass
+class _Call:
+    id: str
+    name: str
+    args: dict[str, Any]
+    sent: float
+    conn: int
+    times_sent: int = 1
+    state: Literal["outstanding", "answered", "cancelled"] = "outstanding"
+    changed: float | None = None
+
+
+@dataclass
+class _Session:
+    number: int
+    calls: dict[str, _Call] = field(default_factory=dict)
+    latest_handle: str | None = None
+
+
+class _ScenarioFailed(Exception):
+    """The scenario cannot go on (no connection to send to, no reconnect)."""
+
+
+class _EndTurn(Exception):
+    """Barge-in: the rest of the turn's steps are skipped."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Voice activity
+
+
+def frame_rms(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
+    return float(math.sqrt(np.mean(samples * samples))) if samples.size else 0.0
+
+
+class EnergyVad:
+    """Utterance boundaries in a PCM stream from 20 ms frame energies: start after `speech_start` of voiced
+    frames, end after `end_silence` of quiet ones. Pure and synchronous; the connection feeds it."""
+
+    def __init__(self, settings: VadSettings, conn: int) -> None:
+        self.settings = settings
+        self.conn = conn
+        self.rate: int | None = None
+        self._pending = b""
+        self._stream_s = 0.0  # audio time at the start of the next whole frame
+        self._ring: deque[tuple[bytes, bool, float]] = deque()
+        self._voiced_run = 0
+        self._utt: list[tuple[bytes, bool, float]] | None = None
+        self._utt_offset = 0.0
+        self._first = 0
+        self._last = 0
+        self._silent = 0
+        self._started = 0.0
+        self.manual = False  # in an utterance bounded by activityStart/activityEnd
+        self.manual_only = False  # the client turned automatic activity detection off
+
+    @property
+    def in_speech(self) -> bool:
+        return self._utt is not None
+
+    def _frames(self, seconds: float) -> int:
+        return max(1, round(seconds / FRAME_SECONDS))
+
+    def feed(self, pcm: bytes, rate: int, now: float) -> list[tuple[str, Utterance | None]]:
+        """Events ("start", None) and ("end", utterance) found in this chunk."""
+        events: list[tuple[str, Utterance | None]] = []
+        if self.rate is not None and rate != self.rate:
+            done = self.flush("rate_change", now)
+            if done:
+                events.append(("end", done))
+            self._ring.clear()
+            self._voiced_run = 0
+        self.rate = rate
+        frame_bytes = rate // 50 * 2
+        data = self._pending + pcm
+        usable = len(data) // frame_bytes * frame_bytes
+        self._pending = data[usable:]
+        start_frames = self._frames(self.settings.speech_start)
+        keep = self._frames(self.settings.preroll) + start_frames
+        for pos in range(0, usable, frame_bytes):
+            frame = data[pos : pos + frame_bytes]
+            rms = frame_rms(frame)
+            voiced = rms >= self.settings.threshold
+            item = (frame, voiced, rms * rms * (frame_bytes // 2))
+            frame_start = self._stream_s
+            self._stream_s += FRAME_SECONDS
+            if self._utt is None:
+                self._ring.append(item)
+                while len(self._ring) > keep:
+                    self._ring.popleft()
+                self._voiced_run = self._voiced_run + 1 if voiced else 0
+                if self._voiced_run >= start_frames and not self.manual_only:
+                    self._utt = list(self._ring)
+                    self._utt_offset = frame_start + FRAME_SECONDS - len(self._utt) * FRAME_SECONDS
+                    self._first = len(self._utt) - self._voiced_run
+                    self._last = len(self._utt) - 1
+                    self._silent = 0
+                    self._started = now
+                    self._ring.clear()
+                    events.append(("start", None))
+                continue
+            self._utt.append(item)
+            if voiced:
+                if self._first < 0:
+                    self._first = len(self._utt) - 1
+                self._last = len(self._utt) - 1
+                self._silent = 0
+            else:
+                self._silent += 1
+                if not self.manual and self._silent >= self._frames(self.settings.end_silence):
+                    events.append(("end", self._finish("silence", True, now)))
+        return events
+
+    def begin_manual(self, now: float) -> None:
+        """activityStart: everything until activityEnd is one utterance, whatever its energy."""
+        self.manual = True
+        self._utt = list(self._ring)[-self._frames(self.settings.preroll):] if self._ring else []
+        self._utt_offset = self._stream_s - len(self._utt) * FRAME_SECONDS
+        self._first, self._last, self._silent, self._started = -1, -1, 0, now
+        for i, (_, voiced, _) in enumerate(self._utt):
+            if voiced:
+                self._first = i if self._first < 0 else self._first
+                self._last = i
+        self._ring.clear()
+
+    def flush(self, reason: str, now: float) -> Utterance | None:
+        """The stream stopped (audioStreamEnd, activityEnd, disconnect): the utterance in progress, if any."""
+        if self._utt is None:
+            self._stream_s += len(self._pending) / 2 / (self.rate or 16000)
+            self._pending = b""
+            self.manual = False
+            return None
+        if self._pending:
+            self._utt.append((self._pending, False, 0.0))
+            self._stream_s += len(self._pending) / 2 / (self.rate or 16000)
+            self._pending = b""
+        complete = reason in ("audio_stream_end", "activity_end")
+        return self._finish(reason, complete, now)  # type: ignore[arg-type]
+
+    def _finish(self, reason: Any, complete: bool, now: float) -> Utterance | None:
+        frames = self._utt or []
+        self._utt = None
+        self._voiced_run = 0
+        self.manual = False
+        if self._first < 0 or not frames:
+            return None
+        rate = self.rate or 16000
+        speech = frames[self._first : self._last + 1]
+        samples = sum(len(f) // 2 for f, _, _ in speech)
+        energy = sum(e for _, _, e in speech)
+        return Utterance(
+            conn=self.conn,
+            rate=rate,
+            pcm=b"".join(f for f, _, _ in frames),
+            offset=self._utt_offset,
+            speech_start=self._utt_offset + self._first * FRAME_SECONDS,
+            duration=samples / rate,
+            rms=math.sqrt(energy / samples) if samples else 0.0,
+            started=self._started,
+            ended=now,
+            complete=complete,
+            ended_by=reason,
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# TLS
+
+
+def make_tls_files(directory: Path, hosts: Iterable[str] = ()) -> tuple[Path, Path, Path]:
+    """A fresh CA and a server certificate it signs (SAN: loopback, localhost and `hosts`). Returns the CA
+    certificate, server certificate and server key paths. Made at every start: nothing secret outlives a run."""
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "livehome simulator CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
+    for host in ["127.0.0.1", "::1", *hosts]:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            names.append(x509.DNSName(host))
+            continue
+        if not ip.is_unspecified and x509.IPAddress(ip) not in names:
+            names.append(x509.IPAddress(ip))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (directory / n for n in ("sim-ca.pem", "sim-server.pem", "sim-server.key"))
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return ca_file, cert_file, key_file
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _snake(key: str) -> str:
+    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()
+
+
+def _normalize(obj: dict[str, Any], spec: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
+    """snake_case keys at every level the spec knows; unknown or doubled keys become problems worded like the
+    service's own parse errors."""
+    out: dict[str, Any] = {}
+    for key, value in obj.items():
+        name = _snake(str(key))
+        if name not in spec:
+            problems.append(f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field.")
+            continue
+        if name in out:
+            problems.append(f"Invalid JSON payload received. Field '{where}.{name}' is set twice ({key}).")
+            continue
+        sub = spec[name]
+        if isinstance(sub, dict):
+            if not isinstance(value, dict):
+                problems.append(f"Invalid value at '{where}.{name}': expected an object, got {type(value).__name__}")
+                continue
+            value = _normalize(value, sub, f"{where}.{name}", problems)
+        out[name] = value
+    return out
+
+
+def _truncate(reason: str) -> str:
+    """Close reasons are at most 123 bytes; the service cuts longer ones the same way."""
+    return reason.encode()[:123].decode(errors="ignore")
+
+
+def _duration_json(seconds: float) -> str:
+    """A protobuf Duration in JSON, as the service writes goAway.timeLeft: "10s", "0.500s"."""
+    return f"{seconds:.0f}s" if seconds == int(seconds) else f"{seconds:.3f}s"
+
+
+def _contains(actual: Any, wanted: Any) -> bool:
+    if isinstance(wanted, dict):
+        return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in wanted.items())
+    return bool(actual == wanted)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fallback_voice(text: str, rate: int) -> bytes:
+    """A syllable-ish tone of plausible length when espeak-ng is missing, so the protocol still runs."""
+    syllables = max(2, len(text) // 3)
+    t = np.arange(int(rate * 0.12)) / rate
+    syllable = (np.sin(2 * np.pi * 180 * t) * np.hanning(t.size) * 6000).astype(np.int16)
+    gap = np.zeros(int(rate * 0.04), dtype=np.int16)
+    return np.concatenate([np.concatenate([syllable, gap]) for _ in range(syllables)]).tobytes()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Connections
+
+
+class _Conn:
+    """One WebSocket: its setup, its audio stream and its link to a session."""
+
+    def __init__(self, sim: Simulator, ws: ServerConnection, info: ConnectionInfo) -> None:
+        self.sim = sim
+        self.ws = ws
+        self.info = info
+        self.session: _Session | None = None
+        self.vad = EnergyVad(sim.scenario.settings.vad, info.number)
+        self.ready = False
+        self.aborted = False
+        self.input_transcription = False
+        self.output_transcription = False
+        self.resumption = False
+        self.manual_activity = False
+        self.text_mode = False
+        self.content_text: list[str] = []
+        self.expiry: asyncio.Task[None] | None = None
+
+    @property
+    def number(self) -> int:
+        return self.info.number
+
+    @property
+    def open(self) -> bool:
+        return self.ready and not self.aborted and self.ws.state is State.OPEN
+
+    async def send(self, kind: str, frame: dict[str, Any], *, record: bool = True, **detail: Any) -> bool:
+        if self.aborted or self.ws.state is not State.OPEN:
+            self.sim._record(self.number, "event", "dropped", frame=kind, why="connection closed")
+            return False
+        try:
+            await self.ws.send(json.dumps(frame))
+        except ConnectionClosed:
+            self.sim._record(self.number, "event", "dropped", frame=kind, why="connection closed")
+            return False
+        if record:
+            self.sim._record(self.number, "out", kind, **detail)
+        return True
+
+    async def refuse(self, code: int, reason: str) -> None:
+        """Close as the service does when it will not serve this connection."""
+        self.info.rejected = (code, reason)
+        log.warning("connection %d refused: %d %s", self.number, code, reason)
+        await self.close(code, reason)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.sim._record(self.number, "out", "close", code=code, reason=reason)
+        with contextlib.suppress(ConnectionClosed):
+            await self.ws.close(code, _truncate(reason))
+
+
+@dataclass
+class _Input:
+    kind: Literal["text", "speech"]
+    conn: int
+    text: str | None = None
+    utterance: Utterance | None = None
+
+    def describe(self) -> str:
+        if self.kind == "text":
+            return f"text {self.text!r}"
+        assert self.utterance is not None
+        return f"speech ({self.utterance.duration:.2f} s)"
+
+
+@dataclass
+class _TurnCtx:
+    index: int
+    turn: Turn
+    step: str = ""
+    marker: int | None = None  # connection that a go_away/abort/close step ended
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The simulator
+
+
+class Simulator:
+    """A Live API service on loopback that plays one scenario and records everything.
+
+    Typical test use:
+        async with Simulator("lights_on", state_dir=tmp_path) as sim:
+            client = genai.Client(api_key=sim.api_key, http_options=sim.http_options())
+            ...
+            await sim.wait_finished(10)
+        sim.assert_clean()
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario | str | Path,
+        *,
+        api_key: str = "sim-key",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        state_dir: Path,
+        realtime_audio: bool = False,
+        models: Iterable[str] | None = None,
+        transcript_file: Path | None = None,
+        vars: Mapping[str, Any] | None = None,
+        cert_hosts: Iterable[str] = (),
+    ) -> None:
+        self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario, vars)
+        self.api_key = api_key
+        self.host = host
+        self.port = port
+        self.state_dir = Path(state_dir)
+        self.realtime_audio = realtime_audio
+        accepted = list(models) if models is not None else list(DEFAULT_MODELS)
+        accepted += self.scenario.models
+        self.models = {m if m.startswith("models/") else f"models/{m}" for m in accepted}
+        self.transcript_file = transcript_file
+        self.cert_hosts = tuple(cert_hosts)
+
+        self.transcript: list[Entry] = []
+        self.violations: list[Violation] = []
+        self.utterances: list[Utterance] = []
+        self.connections: list[ConnectionInfo] = []
+        self.tool_responses: list[ToolResponseRecord] = []
+        self.ca_file: Path = self.state_dir / "sim-ca.pem"
+        self.failed: str | None = None
+
+        self._server: Server | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._inputs: asyncio.Queue[_Input] = asyncio.Queue()
+        self._finished = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._conns: list[_Conn] = []
+        self._current: _Conn | None = None
+        self._sessions = itertools.count(1)
+        self._conn_numbers = itertools.count(1)
+        self._handles: dict[str, tuple[_Session, dict[str, _Call]]] = {}
+        self._speech_seq = 0
+        self._voices: dict[str, bytes] = {}
+        self._position = "not started"
+        self._jsonl: TextIO | None = None
+        self._t0 = time.monotonic()
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    async def start(self) -> Simulator:
+        """Make the certificates, render the model's lines, listen. The port is known once this returns."""
+        _, cert_file, key_file = await asyncio.to_thread(make_tls_files, self.state_dir,
+                                                         (self.host, *self.cert_hosts))
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(cert_file, key_file)
+        await self._prerender()
+        if self.transcript_file:
+            self._jsonl = await asyncio.to_thread(self.transcript_file.open, "w", encoding="utf-8")
+        self._server = await ws_serve(
+            self._handler, self.host, self.port, ssl=context, process_request=self._check_request,
+            max_size=8 * 2**20,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._t0 = time.monotonic()
+        self._runner = asyncio.create_task(self._run(), name="simulator-scenario")
+        log.info("simulator %s listening on %s", self.scenario.name, self.url)
+        return self
+
+    async def stop(self) -> None:
+        if self._runner:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        for conn in self._conns:
+            if conn.expiry:
+                conn.expiry.cancel()
+        if self._server:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._jsonl:
+            self._jsonl.close()
+            self._jsonl = None
+
+    async def __aenter__(self) -> Simulator:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- public view --------------------------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    @property
+    def position(self) -> str:
+        """Where the scenario is, for messages."""
+        return self._position
+
+    def http_options(self, api_version: str = "v1beta") -> Any:
+        """google.genai HttpOptions that reach this simulator (its URL, its CA)."""
+        from google.genai import types
+
+        return types.HttpOptions(
+            base_url=self.url,
+            api_version=api_version,
+            async_client_args={"ssl": ssl.create_default_context(cafile=str(self.ca_file))},
+        )
+
+    def entries(self, kind: str | None = None, direction: str | None = None, conn: int | None = None) -> list[Entry]:
+        return [
+            e for e in self.transcript
+            if (kind is None or e.kind == kind) and (direction is None or e.direction == direction)
+            and (conn is None or e.conn == conn)
+        ]
+
+    async def wait_finished(self, timeout: float = 10.0) -> None:
+        """Until the last turn's last step ran (or the scenario failed: see violations)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._finished.wait()
+        except TimeoutError:
+            raise TimeoutError(
+                f"scenario {self.scenario.name!r} not finished after {timeout:g} s: {self.position}"
+                + "".join(f"\n  violation: {v}" for v in self.violations)
+            ) from None
+
+    async def wait_until(self, condition: Callable[[], object], timeout: float = 5.0) -> None:
+        """Until `condition()` holds, checked whenever the simulator records something: what a client sent
+        crosses a socket before the simulator sees it."""
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await self._wait_change(None)
+
+    async def wait_closed(self, timeout: float = 5.0) -> None:
+        """Until every connection so far has closed and been recorded (closing races the client's return)."""
+        await self.wait_until(lambda: all(c.closed is not None for c in self.connections), timeout)
+
+    def assert_clean(self) -> None:
+        if self.violations:
+            raise AssertionError(
+                f"simulator ({self.scenario.name}) recorded {len(self.violations)} violation(s):\n"
+                + "\n".join(f"  {v}" for v in self.violations)
+            )
+
+    # -- recording ---------------------------------------------------------------------------------------------
+
+    def _record(self, conn: int, direction: Literal["in", "out", "event"], kind: str, **detail: Any) -> Entry:
+        entry = Entry(conn, direction, kind, detail, time.monotonic())
+        self.transcript.append(entry)
+        log.debug("%s", entry)
+        if self._jsonl:
+            self._jsonl.write(json.dumps(entry.to_json(), ensure_ascii=False, default=str) + "\n")
+            self._jsonl.flush()
+        self._notify()
+        return entry
+
+    def _violation(self, conn: int, message: str) -> None:
+        self.violations.append(Violation(conn, message, time.monotonic()))
+        self._record(conn, "event", "violation", message=message)
+        log.warning("violation (connection %d): %s", conn, message)
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait_change(self, deadline: float | None) -> bool:
+        event = self._changed
+        timeout = None if deadline is None else deadline - time.monotonic()
+        if timeout is not None and timeout <= 0:
+            return False
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancel that races the event.
+        try:
+            async with asyncio.timeout(timeout):
+                await event.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    # -- connections -------------------------------------------------------------------------------------------
+
+    def _check_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        match = PATH_RE.search(path)
+        if match is None or match.group(1) not in API_VERSIONS:
+            self._record(0, "event", "http_rejected", path=request.path, status=404)
+            log.warning("refused HTTP request for %s", request.path)
+            return connection.respond(HTTPStatus.NOT_FOUND, f"{request.path} is not a Live API endpoint\n")
+        return None
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        assert ws.request is not None
+        number = next(self._conn_numbers)
+        match = PATH_RE.search(ws.request.path.split("?", 1)[0])
+        info = ConnectionInfo(number, ws.request.path, match.group(1) if match else "?", time.monotonic())
+        self.connections.append(info)
+        conn = _Conn(self, ws, info)
+        self._conns.append(conn)
+        self._record(number, "event", "connect", path=ws.request.path,
+                     user_agent=ws.request.headers.get("user-agent"))
+        try:
+            if await self._handshake(conn):
+                async for raw in ws:
+                    await self._on_frame(conn, raw)
+        except ConnectionClosed:
+            pass
+        finally:
+            self._closed(conn)
+
+    async def _handshake(self, conn: _Conn) -> bool:
+        settings = self.scenario.settings
+        try:
+            async with asyncio.timeout(settings.setup_timeout):
+                raw = await conn.ws.recv()
+        except TimeoutError:
+            self._violation(conn.number, f"no setup message within {settings.setup_timeout:g} s")
+            await conn.refuse(*DEADLINE)
+            return False
+        key = conn.ws.request.headers.get("x-goog-api-key") if conn.ws.request else None
+        if key is None:
+            await conn.refuse(*NO_KEY)
+            return False
+        if key != self.api_key:
+            await conn.refuse(*BAD_KEY)
+            return False
+        message = await self._parse(conn, raw)
+        if message is None:
+            return False
+        if list(message) != ["setup"]:
+            self._violation(conn.number, f"the first message must be setup, got {', '.join(message) or 'empty'}")
+            await conn.refuse(*INVALID_ARGUMENT)
+            return False
+        setup = await self._check_setup(conn, message["setup"])
+        if setup is None:
+            return False
+        model = setup["model"]
+        if model not in self.models:
+            await conn.refuse(1008, f"{model} is not found for API version {conn.info.api_version}, or is not "
+                                    "supported for bidiGenerateContent. Call ListModels to see the list of "
+                                    "available models and their supported methods.")
+            return False
+        handle = (setup.get("session_resumption") or {}).get("handle")
+        if handle:
+            found = self._handles.get(handle)
+            if found is None:
+                self._record(conn.number, "event", "unknown_handle", handle=handle)
+                await conn.refuse(*INVALID_ARGUMENT)
+                return False
+            session, snapshot = found
+            busy = [c for c in self._conns if c is not conn and c.session is session and c.open]
+            if busy and settings.resume_while_open == "reject":
+                self._record(conn.number, "event", "session_in_use", by=busy[0].number)
+                await conn.refuse(*SESSION_IN_USE)
+                return False
+            superseded = handle != session.latest_handle
+            session.calls = copy.deepcopy(snapshot)
+            conn.info.resumed, conn.info.handle = True, handle
+        else:
+            session = _Session(next(self._sessions))
+            superseded = False
+        conn.session = session
+        conn.info.session = session.number
+        if not await conn.send("setup_complete", {"setupComplete": {}}):
+            return False
+        conn.ready = True
+        self._current = conn
+        if conn.info.resumed:
+            self._record(conn.number, "event", "resumed", session=session.number, handle=handle,
+                         superseded=superseded, outstanding=[c.id for c in session.calls.values()
+                                                             if c.state == "outstanding"])
+        log.info("connection %d: session %d%s", conn.number, session.number, " (resumed)" if conn.info.resumed
+                 else "")
+        self._notify()
+        return True
+
+    async def _check_setup(self, conn: _Conn, raw: Any) -> dict[str, Any] | None:
+        problems: list[str] = []
+        if not isinstance(raw, dict):
+            problems.append("setup must be an object")
+            setup: dict[str, Any] = {}
+        else:
+            setup = _normalize(raw, _SETUP, "setup", problems)
+        model = setup.get("model")
+        if not isinstance(model, str) or not model:
+            problems.append("setup.model is missing")
+        elif not model.startswith("models/"):
+            problems.append(f"setup.model must be models/<name>, got {model!r}")
+        gen = setup.get("generation_config") or {}
+        modalities = gen.get("response_modalities")
+        if modalities is not None and (
+            not isinstance(modalities, list) or len(modalities) != 1 or modalities[0] not in ("AUDIO", "TEXT")
+        ):
+            problems.append(f"generation_config.response_modalities must be [AUDIO] or [TEXT], got {modalities!r}")
+        declared: list[str] = []
+        tools = setup.get("tools", [])
+        if not isinstance(tools, list):
+            problems.append("setup.tools must be a list")
+            tools = []
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict):
+                problems.append(f"setup.tools[{i}] must be an object")
+                continue
+            decls = tool.get("function_declarations", tool.get("functionDeclarations", []))
+            for j, decl in enumerate(decls if isinstance(decls, list) else []):
+                name = decl.get("name") if isinstance(decl, dict) else None
+                if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$", name):
+                    problems.append(f"setup.tools[{i}].function_declarations[{j}].name is not a valid name: {name!r}")
+                elif name in declared:
+                    problems.append(f"duplicate function declaration {name!r}")
+                else:
+                    declared.append(name)
+        for key in ("input_audio_transcription", "output_audio_transcription"):
+            if key in setup and not isinstance(setup[key], dict):
+                problems.append(f"setup.{key} must be an object")
+        resumption = setup.get("session_resumption")
+        if resumption is not None and not isinstance(resumption.get("handle", ""), str | None):
+            problems.append("setup.session_resumption.handle must be a string")
+        vad = ((setup.get("realtime_input_config") or {}).get("automatic_activity_detection") or {})
+        if not isinstance(vad.get("disabled", False), bool):
+            problems.append("automatic_activity_detection.disabled must be a boolean")
+        if problems:
+            for p in problems:
+                self._violation(conn.number, p)
+            await conn.refuse(1007, problems[0] if problems[0].startswith("Invalid JSON") else INVALID_ARGUMENT[1])
+            return None
+        conn.info.model = model
+        conn.info.setup = setup
+        conn.info.declared_tools = tuple(declared)
+        conn.input_transcription = "input_audio_transcription" in setup
+        conn.output_transcription = "output_audio_transcription" in setup
+        conn.resumption = "session_resumption" in setup
+        conn.manual_activity = vad.get("disabled", False) is True
+        conn.vad.manual_only = conn.manual_activity
+        conn.text_mode = modalities == ["TEXT"]
+        self._record(conn.number, "in", "setup", model=model, tools=list(declared),
+                     modalities=modalities or ["AUDIO"], handle=(resumption or {}).get("handle"),
+                     resumption=conn.resumption, input_transcription=conn.input_transcription,
+                     output_transcription=conn.output_transcription, manual_activity=conn.manual_activity)
+        return setup
+
+    async def _parse(self, conn: _Conn, raw: str | bytes) -> dict[str, Any] | None:
+        """A client frame as a dict with snake_case message keys; None (and the connection closing) when the
+        service could not have parsed it."""
+        if isinstance(raw, bytes):
+            try:
+                raw = raw.decode()
+            except UnicodeDecodeError:
+                self._violation(conn.number, "binary frame that is not UTF-8 JSON")
+                await conn.refuse(1007, "Invalid JSON payload received.")
+                return None
+        try:
+            message = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            self._violation(conn.number, f"frame is not JSON ({exc.msg}): {_short(raw)}")
+            await conn.refuse(1007, f"Invalid JSON payload received. {exc.msg}.")
+            return None
+        if not isinstance(message, dict):
+            self._violation(conn.number, f"frame is not a JSON object: {_short(raw)}")
+            await conn.refuse(1007, "Invalid JSON payload received.")
+            return None
+        out: dict[str, Any] = {}
+        for key, value in message.items():
+            name = _snake(key)
+            if name not in _CLIENT_MESSAGES:
+                self._violation(conn.number, f"unknown message kind {key!r}")
+                await conn.refuse(1007, f"Invalid JSON payload received. Unknown name \"{key}\": Cannot find field.")
+                return None
+            out[name] = value
+        if len(out) != 1:
+            self._violation(conn.number, f"a message carries exactly one kind, got {', '.join(out) or 'none'}")
+        return out
+
+    async def _on_frame(self, conn: _Conn, raw: str | bytes) -> None:
+        message = await self._parse(conn, raw)
+        if message is None:
+            return
+        for kind, body in message.items():
+            if kind == "setup":
+                self._violation(conn.number, "setup sent again on an established connection")
+                continue
+            spec = {"realtime_input": _REALTIME_INPUT, "client_content": _CLIENT_CONTENT,
+                    "tool_response": _TOOL_RESPONSE, "context_update": _CONTEXT_UPDATE}[kind]
+            if not isinstance(body, dict):
+                self._violation(conn.number, f"{kind} must be an object, got {_short(body)}")
+                continue
+            problems: list[str] = []
+            body = _normalize(body, spec, kind, problems)
+            if problems:
+                for p in problems:
+                    self._violation(conn.number, p)
+                await conn.refuse(1007, problems[0])
+                return
+            await getattr(self, f"_on_{kind}")(conn, body)
+
+    async def _on_realtime_input(self, conn: _Conn, body: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if "audio" in body:
+            await self._on_audio(conn, body["audio"], "audio")
+        for chunk in body.get("media_chunks") or []:
+            if isinstance(chunk, dict) and str(chunk.get("mime_type", chunk.get("mimeType", ""))).startswith("audio"):
+                await self._on_audio(conn, {_snake(k): v for k, v in chunk.items()}, "media_chunks")
+        if "video" in body:
+            self._record(conn.number, "in", "video")
+        if "text" in body:
+            text = body["text"]
+            if not isinstance(text, str):
+                self._violation(conn.number, f"realtime_input.text must be a string, got {_short(text)}")
+            else:
+                self._record(conn.number, "in", "text", text=text, via="realtime_input")
+                self._queue(_Input("text", conn.number, text=text))
+        if "audio_stream_end" in body:
+            if body["audio_stream_end"] is not True:
+                self._violation(conn.number, f"audioStreamEnd must be true, got {_short(body['audio_stream_end'])}")
+            self._record(conn.number, "in", "audio_stream_end")
+            self._utterance_ended(conn, conn.vad.flush("audio_stream_end", now))
+        if "activity_start" in body:
+            self._record(conn.number, "in", "activity_start")
+            if not conn.manual_activity:
+                self._violation(conn.number, "activityStart while automatic activity detection is enabled "
+                                             "(set realtime_input_config.automatic_activity_detection.disabled)")
+            else:
+                done = conn.vad.flush("activity_end", now) if conn.vad.in_speech else None
+                self._utterance_ended(conn, done)
+                conn.vad.begin_manual(now)
+                self._speech_started(conn)
+        if "activity_end" in body:
+            self._record(conn.number, "in", "activity_end")
+            if not conn.manual_activity:
+                self._violation(conn.number, "activityEnd while automatic activity detection is enabled")
+            elif not conn.vad.in_speech:
+                self._violation(conn.number, "activityEnd without activityStart")
+            else:
+                self._utterance_ended(conn, conn.vad.flush("activity_end", now))
+
+    async def _on_audio(self, conn: _Conn, blob: Any, via: str) -> None:
+        if not isinstance(blob, dict):
+            self._violation(conn.number, f"{via}: audio must be a Blob object")
+            return
+        data, mime = blob.get("data"), blob.get("mime_type")
+        if not isinstance(data, str):
+            self._violation(conn.number, f"{via}: audio.data must be a base64 string")
+            return
+        if not _URLSAFE_B64.match(data) or len(data) % 4:
+            if _STD_B64.match(data) and len(data) % 4 == 0:
+                self._violation(conn.number, f"{via}: audio.data uses the standard base64 alphabet; the SDK sends "
+                                             "URL-safe base64")
+            else:
+                self._violation(conn.number, f"{via}: audio.data is not valid base64 ({len(data)} characters)")
+                await conn.refuse(1007, "Invalid value at 'realtime_input.audio.data' (TYPE_BYTES), Base64 "
+                                        "decoding failed")
+                return
+        try:
+            pcm = base64.b64decode(data.replace("-", "+").replace("_", "/"), validate=True)
+        except binascii.Error:
+            self._violation(conn.number, f"{via}: audio.data is not valid base64")
+            return
+        match = _PCM_MIME.match(mime) if isinstance(mime, str) else None
+        if match is None:
+            self._violation(conn.number, f"{via}: audio mime_type must be audio/pcm;rate=<Hz>, got {mime!r}")
+            return
+        rate = int(match.group(1)) if match.group(1) else 16000
+        if not match.group(1):
+            self._violation(conn.number, f"{via}: audio mime_type {mime!r} has no rate=")
+        elif not 8000 <= rate <= 48000:
+            self._violation(conn.number, f"{via}: audio rate {rate} Hz is out of range")
+            return
+        if len(pcm) % 2:
+            self._violation(conn.number, f"{via}: odd number of PCM bytes ({len(pcm)}); 16-bit samples expected")
+            pcm = pcm[:-1]
+        conn.info.audio_bytes += len(pcm)
+        conn.info.audio_seconds += len(pcm) / 2 / rate
+        now = time.monotonic()
+        if conn.vad.rate is not None and rate != conn.vad.rate:
+            self._violation(conn.number, f"audio rate changed from {conn.vad.rate} to {rate} Hz mid-stream")
+        for kind, utterance in conn.vad.feed(pcm, rate, now):
+            if kind == "start":
+                self._speech_started(conn)
+            else:
+                self._utterance_ended(conn, utterance)
+
+    def _speech_started(self, conn: _Conn) -> None:
+        self._speech_seq += 1
+        self._record(conn.number, "event", "speech_start", offset=round(conn.info.audio_seconds, 3))
+        self._notify()
+
+    def _utterance_ended(self, conn: _Conn, utterance: Utterance | None) -> None:
+        if utterance is None:
+            return
+        self.utterances.append(utterance)
+        self._record(conn.number, "event", "utterance", duration=round(utterance.duration, 3),
+                     rms=round(utterance.rms, 1), rate=utterance.rate, complete=utterance.complete,
+                     ended_by=utterance.ended_by)
+        if utterance.complete:
+            self._queue(_Input("speech", conn.number, utterance=utterance))
+        self._notify()
+
+    async def _on_client_content(self, conn: _Conn, body: dict[str, Any]) -> None:
+        turns = body.get("turns") or []
+        if not isinstance(turns, list):
+            self._violation(conn.number, "client_content.turns must be a list")
+            return
+        texts: list[str] = []
+        for i, content in enumerate(turns):
+            if not isinstance(content, dict) or not isinstance(content.get("parts", []), list):
+                self._violation(conn.number, f"client_content.turns[{i}] must be a Content object with parts")
+                continue
+            role = content.get("role", "user")
+            if role not in ("user", "model"):
+                self._violation(conn.number, f"client_content.turns[{i}].role must be user or model, got {role!r}")
+            for part in content.get("parts", []):
+                if role == "user" and isinstance(part, dict) and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+        complete = body.get("turn_complete", False)
+        if not isinstance(complete, bool):
+            self._violation(conn.number, "client_content.turnComplete must be a boolean")
+            complete = False
+        conn.content_text.extend(texts)
+        self._record(conn.number, "in", "client_content", text=" ".join(texts), turns=len(turns),
+                     turn_complete=complete)
+        if complete and conn.content_text:
+            self._queue(_Input("text", conn.number, text=" ".join(conn.content_text)))
+            conn.content_text = []
+
+    async def _on_context_update(self, conn: _Conn, body: dict[str, Any]) -> None:
+        self._record(conn.number, "in", "context_update", keys=sorted(body))
+
+    async def _on_tool_response(self, conn: _Conn, body: dict[str, Any]) -> None:
+        responses = body.get("function_responses")
+        if not isinstance(responses, list) or not responses:
+            self._violation(conn.number, "tool_response.functionResponses must be a non-empty list")
+            return
+        for raw in responses:
+            problems: list[str] = []
+            fr = _normalize(raw, _FUNCTION_RESPONSE, "tool_response.function_responses", problems) \
+                if isinstance(raw, dict) else {}
+            if not isinstance(raw, dict):
+                problems.append(f"a function response must be an object, got {_short(raw)}")
+            self._answer(conn, fr, problems)
+        self._notify()
+
+    def _answer(self, conn: _Conn, fr: dict[str, Any], problems: list[str]) -> None:
+        """Check one functionResponse against the calls outstanding in this connection's session."""
+        now = time.monotonic()
+        call_id, name, response = fr.get("id"), fr.get("name"), fr.get("response")
+        scheduling = fr.get("scheduling")
+        call = conn.session.calls.get(call_id) if conn.session and isinstance(call_id, str) else None
+        if not call_id:
+            problems.append("function response without an id")
+        elif call is None:
+            problems.append(f"response to unknown call id {call_id!r}{self._whereabouts(conn, call_id)}")
+        elif call.state == "cancelled":
+            ago = now - (call.changed or now)
+            problems.append(f"response to call {call_id!r} ({call.name}) which was cancelled {ago * 1000:.0f} ms "
+                            "earlier")
+        elif call.state == "answered":
+            problems.append(f"second response to call {call_id!r} ({call.name})")
+        if call is not None and name != call.name:
+            problems.append(f"response to call {call_id!r} names {name!r}, the call was {call.name!r}")
+        if response is not None and not isinstance(response, dict):
+            problems.append(f"response to {call_id!r}: `response` must be an object, got {_short(response)}")
+        if scheduling is not None and scheduling not in _SCHEDULING:
+            problems.append(f"response to {call_id!r}: unknown scheduling {scheduling!r}")
+        accepted = not problems
+        if accepted and call is not None:
+            call.state, call.changed = "answered", now
+        record = ToolResponseRecord(
+            id=call_id if isinstance(call_id, str) else None, name=name if isinstance(name, str) else None,
+            response=response, scheduling=scheduling, conn=conn.number, t=now, accepted=accepted,
+            problem="; ".join(problems) or None, latency=(now - call.sent) if call else None,
+        )
+        self.tool_responses.append(record)
+        self._record(conn.number, "in", "tool_response", id=record.id, name=record.name, response=response,
+                     scheduling=scheduling, accepted=accepted, latency=record.latency and round(record.latency, 4))
+        for p in problems:
+            self._violation(conn.number, p)
+
+    def _whereabouts(self, conn: _Conn, call_id: str) -> str:
+        """Why an id is unknown here: issued in another session, or lost by resuming an older handle."""
+        for other in self._conns:
+            if other.session is not None and other.session is not conn.session and call_id in other.session.calls:
+                return (f" (it was issued in session {other.session.number}; connection {conn.number} is in "
+                        f"session {conn.session.number if conn.session else '?'})")
+        for entry in self.entries("tool_call", "out"):
+            if any(c["id"] == call_id for c in entry.detail["calls"]):
+                return f" (issued on connection {entry.conn}, then lost by resuming from an older handle)"
+        return ""
+
+    def _queue(self, item: _Input) -> None:
+        self._inputs.put_nowait(item)
+
+    def _closed(self, conn: _Conn) -> None:
+        info = conn.info
+        info.closed = time.monotonic()
+        ws = conn.ws
+        info.close_code, info.close_reason = ws.close_code, ws.close_reason
+        if conn.aborted:
+            info.closed_by = "abort"
+        elif ws.protocol.close_rcvd_then_sent:
+            info.closed_by = "client"
+        elif ws.protocol.close_sent is not None:
+            info.closed_by = "server"
+        else:
+            info.closed_by = "network"
+        if conn.expiry:
+            conn.expiry.cancel()
+        if conn.vad.in_speech:
+            self._utterance_ended(conn, conn.vad.flush("disconnect", info.closed))
+        conn.ready = False
+        if self._current is conn:
+            self._current = None
+        self._record(conn.number, "event", "closed", code=info.close_code, reason=info.close_reason,
+                     by=info.closed_by)
+        self._notify()
+
+    # -- the scenario ------------------------------------------------------------------------------------------
+
+    async def _prerender(self) -> None:
+        texts = {s.say.text for s in self.scenario.steps() if s.say}
+        voice = self.scenario.settings.voice
+
+        def render(text: str) -> bytes:
+            try:
+                return synthesize(text, voice.rate, voice=voice.voice, speed=voice.speed)
+            except SpeechUnavailable as exc:
+                log.warning("model voice falls back to a tone: %s", exc)
+                return _fallback_voice(text, voice.rate)
+
+        for text in texts:
+            if text not in self._voices:
+                self._voices[text] = await asyncio.to_thread(render, text)
+
+    async def _run(self) -> None:
+        turns = self.scenario.turns
+        ctx: _TurnCtx | None = None
+        try:
+            for index, turn in enumerate(turns):
+                self._position = f"{turn.label(index)} of {len(turns)}: waiting for {turn.on.describe()}"
+                trigger = await self._next_input(turn, index)
+                ctx = _TurnCtx(index, turn)
+                self._record(trigger.conn, "event", "turn_start", turn=index + 1, name=turn.name,
+                             trigger=trigger.describe())
+                with contextlib.suppress(_EndTurn):
+                    await self._steps(turn.steps, ctx)
+                self._record(self._current.number if self._current else 0, "event", "turn_end", turn=index + 1)
+            self._position = "finished"
+            self._record(0, "event", "finished")
+        except _ScenarioFailed as exc:
+            where = f"{ctx.turn.label(ctx.index)}, {ctx.step}" if ctx else self._position
+            self.failed = f"{where}: {exc}"
+            self._position = f"failed at {self.failed}"
+            self._violation(0, f"scenario stopped at {self.failed}")
+        finally:
+            self._finished.set()
+            self._notify()
+        while True:
+            self._unexpected(await self._inputs.get(), None)
+
+    async def _next_input(self, turn: Turn, index: int) -> _Input:
+        while True:
+            item = await self._inputs.get()
+            if item.kind == "text" and item.text is not None and turn.on.accepts_text(item.text):
+                return item
+            if item.kind == "speech" and item.utterance and turn.on.accepts_speech(item.utterance.duration):
+                return item
+            self._unexpected(item, (turn, index))
+
+    def _unexpected(self, item: _Input, waiting: tuple[Turn, int] | None) -> None:
+        where = (f"{waiting[0].label(waiting[1])} expects {waiting[0].on.describe()}" if waiting
+                 else "the scenario has ended")
+        self._record(item.conn, "event", "unexpected_input", input=item.describe())
+        if self.scenario.settings.unexpected_input == "violation":
+            self._violation(item.conn, f"unexpected user input: {item.describe()} ({where})")
+
+    async def _steps(self, steps: list[Step], ctx: _TurnCtx) -> None:
+        for number, step in enumerate(steps, 1):
+            ctx.step = f"step {number} ({step.kind})"
+            self._position = f"{ctx.turn.label(ctx.index)}, {ctx.step}"
+            await getattr(self, f"_step_{step.kind}")(step.value, ctx)
+
+    async def _conn(self) -> _Conn:
+        """The connection steps talk to: the newest set-up one, waiting for the client to reconnect if needed."""
+        timeout = self.scenario.settings.reconnect_timeout
+        deadline = time.monotonic() + timeout
+        while True:
+            conn = self._current
+            if conn is not None and conn.open:
+                return conn
+            if not await self._wait_change(deadline):
+                raise _ScenarioFailed(f"no open connection from the client for {timeout:g} s")
+
+    @property
+    def _session(self) -> _Session | None:
+        return self._current.session if self._current else None
+
+    async def _server_content(self, kind: str, content: dict[str, Any], **detail: Any) -> None:
+        conn = await self._conn()
+        await conn.send(kind, {"serverContent": content}, **detail)
+
+    async def _step_input_transcription(self, text: str, ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        if not conn.input_transcription:
+            self._record(conn.number, "event", "skipped", step="input_transcription",
+                         why="the client did not enable input_audio_transcription")
+            return
+        await conn.send("input_transcription", {"serverContent": {"inputTranscription": {"text": text}}}, text=text)
+
+    async def _step_tool_call(self, calls: list[CallSpec], ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        assert conn.session is not None
+        out = []
+        now = time.monotonic()
+        for spec in calls:
+            call_id = spec.id or f"function-call-{secrets.randbelow(10**19):019d}"
+            if spec.name not in conn.info.declared_tools:
+                self._violation(conn.number, f"the scenario calls {spec.name!r} but the client's setup does not "
+                                             f"declare it (declared: {', '.join(conn.info.declared_tools) or 'none'})")
+            call = conn.session.calls.get(call_id)
+            if call is None:
+                conn.session.calls[call_id] = _Call(call_id, spec.name, dict(spec.args), now, conn.number)
+            else:
+                call.times_sent += 1
+                call.sent = now
+            out.append({"id": call_id, "name": spec.name, "args": spec.args})
+        await conn.send("tool_call", {"toolCall": {"functionCalls": out}}, calls=out)
+
+    async def _step_await_tools(self, spec: AwaitTools, ctx: _TurnCtx) -> None:
+        timeout = spec.timeout or self.scenario.settings.tool_timeout
+        deadline = time.monotonic() + timeout
+        session = self._session
+        ids = spec.ids if spec.ids is not None else [
+            c.id for c in (session.calls.values() if session else []) if c.state == "outstanding"]
+        self._record(self._current.number if self._current else 0, "event", "await_tools", ids=ids)
+        while True:
+            session = self._session
+            missing = [i for i in ids if session is None or i not in session.calls]
+            pending = [i for i in ids if session and i in session.calls and session.calls[i].state == "outstanding"]
+            if session is not None and missing:
+                conn = self._current
+                self._violation(conn.number if conn else 0,
+                                f"await_tools: call(s) {', '.join(missing)} are not known to session "
+                                f"{session.number} (connection {conn.number if conn else '?'} "
+                                f"{'resumed an older handle' if conn and conn.info.resumed else 'started afresh'})")
+                return
+            if session is not None and not pending:
+                break
+            if not await self._wait_change(deadline):
+                if spec.on_timeout == "violation":
+                    self._violation(self._current.number if self._current else 0,
+                                    f"no response to tool call(s) {', '.join(pending or ids)} within {timeout:g} s")
+                return
+        for call_id, wanted in spec.expect.items():
+            got = [r for r in self.tool_responses if r.id == call_id and r.accepted]
+            if not got:
+                self._violation(0, f"await_tools: call {call_id!r} ended without a response to check")
+            elif not _contains(got[-1].response, wanted):
+                self._violation(got[-1].conn, f"response to {call_id!r} is {_short(got[-1].response)}, expected it "
+                                              f"to contain {_short(wanted)}")
+
+    async def _step_say(self, say: Say, ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        transcript = say.text if say.transcript is True else (say.transcript or "")
+        if conn.text_mode:
+            for word in say.text.split(" "):
+                if not await conn.send("model_text", {"serverContent": {"modelTurn": {"parts": [
+                        {"text": word + " "}]}}}, record=False):
+                    break
+            self._record(conn.number, "out", "model_text", text=say.text)
+            return
+        voice = self.scenario.settings.voice
+        pcm = self._voices.get(say.text)
+        if pcm is None:
+            pcm = await asyncio.to_thread(synthesize, say.text, voice.rate, voice.voice, voice.speed)
+            self._voices[say.text] = pcm
+        pace = say.pace or ("realtime" if self.realtime_audio else self.scenario.settings.pace)
+        chunk_bytes = max(2, int(voice.rate * voice.chunk) * 2)
+        chunks = [pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes)]
+        words = transcript.split() if conn.output_transcription else []
+        total = len(pcm) / 2 / voice.rate
+        watch = say.on_barge_in is not None
+        seq = self._speech_seq
+        mime = f"audio/pcm;rate={voice.rate}"
+        self._record(conn.number, "out", "audio", text=say.text, seconds=round(total, 3), chunks=len(chunks),
+                     rate=voice.rate, pace=pace)
+        t0 = time.monotonic()
+        sent_words = 0
+        sent = 0
+        barged = False
+        for i, chunk in enumerate(chunks):
+            if pace == "realtime":
+                due = t0 + i * voice.chunk
+                while not (barged := watch and self._speech_seq != seq) and time.monotonic() < due:
+                    await self._wait_change(due)
+            barged = watch and self._speech_seq != seq
+            if barged:
+                break
+            frame = {"serverContent": {"modelTurn": {"parts": [
+                {"inlineData": {"mimeType": mime, "data": base64.b64encode(chunk).decode()}}]}}}
+            if not await conn.send("audio_chunk", frame, record=False):
+                break
+            sent += 1
+            upto = round((i + 1) / len(chunks) * len(words))
+            if upto > sent_words:
+                piece = " ".join(words[sent_words:upto])
+                text = piece if sent_words == 0 else " " + piece
+                await conn.send("output_transcription", {"serverContent": {"outputTranscription": {"text": text}}},
+                                text=text)
+                sent_words = upto
+            if pace == "fast":
+                await asyncio.sleep(0)
+        if watch and not barged:
+            # The client is still playing what it was sent; speech before that ends is a barge-in.
+            played = t0 + total
+            while not (barged := self._speech_seq != seq) and await self._wait_change(played):
+                pass
+        self._record(conn.number, "out", "audio_end", chunks_sent=sent,
+                     seconds_sent=round(min(total, sent * voice.chunk), 3), barge_in=barged)
+        if barged and say.on_barge_in is not None:
+            self._record(conn.number, "event", "barge_in", after_chunks=sent)
+            await self._steps(say.on_barge_in, ctx)
+            raise _EndTurn
+
+    async def _step_generation_complete(self, _: bool, ctx: _TurnCtx) -> None:
+        await self._server_content("generation_complete", {"generationComplete": True})
+
+    async def _step_turn_complete(self, _: bool, ctx: _TurnCtx) -> None:
+        await self._server_content("turn_complete", {"turnComplete": True})
+
+    async def _step_interrupted(self, _: bool, ctx: _TurnCtx) -> None:
+        await self._server_content("interrupted", {"interrupted": True})
+
+    async def _step_cancel_tools(self, ids: list[str], ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        now = time.monotonic()
+        for call_id in ids:
+            call = conn.session.calls.get(call_id) if conn.session else None
+            if call is not None and call.state == "outstanding":
+                call.state, call.changed = "cancelled", now
+        await conn.send("tool_call_cancellation", {"toolCallCancellation": {"ids": ids}}, ids=ids)
+
+    async def _step_go_away(self, spec: GoAway, ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        left = _duration_json(spec.time_left)
+        if await conn.send("go_away", {"goAway": {"timeLeft": left}}, time_left=left):
+            ctx.marker = conn.number
+            conn.expiry = asyncio.create_task(self._expire(conn, spec.time_left))
+
+    async def _expire(self, conn: _Conn, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if conn.ws.state is State.OPEN:
+            self._record(conn.number, "event", "go_away_expired")
+            await conn.close(*DEADLINE)
+
+    async def _step_resumption_update(self, spec: ResumptionUpdate, ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        assert conn.session is not None
+        if not conn.resumption:
+            self._violation(conn.number, "the scenario issues a session resumption handle, but the client's setup "
+                                         "did not enable session resumption (setup.sessionResumption)")
+            return
+        if not spec.resumable:
+            await conn.send("session_resumption_update", {"sessionResumptionUpdate": {"resumable": False}},
+                            resumable=False)
+            return
+        handle = "simh-" + secrets.token_urlsafe(18)
+        self._handles[handle] = (conn.session, copy.deepcopy(conn.session.calls))
+        conn.session.latest_handle = handle
+        await conn.send("session_resumption_update",
+                        {"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}},
+                        handle=handle, resumable=True)
+
+    async def _step_abort(self, _: bool, ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        self._record(conn.number, "out", "abort")
+        conn.aborted = True
+        ctx.marker = conn.number
+        conn.ws.transport.abort()
+        self._notify()
+
+    async def _step_close(self, spec: Close, ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        ctx.marker = conn.number
+        await conn.close(spec.code, spec.reason)
+
+    async def _step_sleep(self, seconds: float, ctx: _TurnCtx) -> None:
+        await asyncio.sleep(seconds)
+
+    async def _step_expect_reconnect(self, spec: ExpectReconnect, ctx: _TurnCtx) -> None:
+        timeout = spec.timeout or self.scenario.settings.reconnect_timeout
+        deadline = time.monotonic() + timeout
+        marker = ctx.marker if ctx.marker is not None else (self._current.number if self._current else 0)
+        while True:
+            conn = self._current
+            if conn is not None and conn.open and conn.number > marker:
+                break
+            if not await self._wait_change(deadline):
+                raise _ScenarioFailed(f"the client did not reconnect within {timeout:g} s")
+        ctx.marker = None
+        self._record(conn.number, "event", "reconnected", resumed=conn.info.resumed)
+        if spec.resumed is not None and conn.info.resumed != spec.resumed:
+            self._violation(conn.number, "the client reconnected " + (
+                "without a resumption handle" if spec.resumed else "with a resumption handle")
+                + f" (the scenario expects resumed: {str(spec.resumed).lower()})")
+
+
+async def serve(
+    scenario: str | Path,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    state_dir: Path,
+    api_key: str = "sim-key",
+    realtime_audio: bool = True,
+    until_finished: bool = False,
+    transcript_file: Path | None = None,
+    vars: Mapping[str, Any] | None = None,
+    models: Iterable[str] | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """`livehome simulate`: run the simulator until SIGINT/SIGTERM (or the scenario's end with until_finished);
+    0 if the client kept to the protocol, 1 if there were violations. ConfigError propagates for bad scenarios."""
+    out = out or sys.stdout
+    sim = Simulator(scenario, api_key=api_key, host=host, port=port, state_dir=state_dir,
+                    realtime_audio=realtime_audio, models=models, transcript_file=transcript_file, vars=vars)
+    key_file = Path(state_dir) / "sim-api-key"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    try:
+        async with sim:
+            fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(api_key + "\n")
+            print(f"livehome simulator: scenario {sim.scenario.name} ({sim.scenario.source})", file=out)
+            if sim.scenario.description:
+                print(f"  {sim.scenario.description}", file=out)
+            print(f"  endpoint: {sim.url}\n  ca_file:  {sim.ca_file}\n"
+                  f"  api key:  {api_key!r} (also in {key_file})\n"
+                  f"  config:   gemini: {{endpoint: {sim.url}, ca_file: {sim.ca_file}, api_key_file: {key_file}}}",
+                  file=out, flush=True)
+            waits = [asyncio.ensure_future(stop.wait())]
+            if until_finished:
+                waits.append(asyncio.ensure_future(sim.wait_finished(timeout=math.inf)))
+            _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+    finally:
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+    print(f"scenario {sim.scenario.name}: {sim.position}; {len(sim.connections)} connection(s), "
+          f"{len(sim.utterances)} utterance(s), {len(sim.violations)} violation(s)", file=out)
+    for v in sim.violations:
+        print(f"  violation: {v}", file=out)
+    return 1 if sim.violations else 0
