@@ -191,7 +191,7 @@ def load_config(path: Path) -> tuple[Config, Any]:
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        problems += problems_from_validation(exc, raw)
+        problems += problems_from_validation(exc, raw, Config)
     if problems:
         raise ConfigError(problems)
     return _resolve_paths(config, path.parent), raw

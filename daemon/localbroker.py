@@ -1,8 +1,9 @@
-"""A real mosquitto on a free loopback port, started per test or per module."""
+"""A private mosquitto on a free loopback port: for the demo, the benchmarks and the tests (never the home's broker)."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -44,7 +45,10 @@ class Broker:
             "set_tcp_nodelay true\n"
             "log_dest stderr\n"
             "log_type error\n"
-            "log_type warning\n" + extra_conf
+            "log_type warning\n"
+            # Started as root, mosquitto would switch to its own user and lose access to our private files.
+            + ("user root\n" if os.geteuid() == 0 else "")
+            + extra_conf
         )
         self.proc: subprocess.Popen | None = None
 

@@ -13,19 +13,18 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiomqtt
 
 from .config import Mqtt
+from .service import MQTT_PASSWORD_CREDENTIAL, CredentialError, read_credential, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +71,27 @@ class Will:
 
 
 def read_password(settings: Mqtt) -> str | None:
-    """$CREDENTIALS_DIRECTORY/mqtt-password (systemd LoadCredential) wins over mqtt.password_file."""
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    candidates = [Path(creds) / "mqtt-password"] if creds else []
-    if settings.password_file:
-        candidates.append(settings.password_file)
-    for path in candidates:
-        if path.is_file():
-            try:
-                return path.read_text().strip()
-            except OSError as exc:
-                raise BrokerUnavailable(f"cannot read the MQTT password file {path}: {exc.strerror}") from None
-    if settings.password_file:
-        raise BrokerUnavailable(f"mqtt.password_file {settings.password_file} does not exist")
-    return None
+    """$CREDENTIALS_DIRECTORY/mqtt-password (systemd LoadCredential) wins over mqtt.password_file; either is
+    registered for redaction."""
+    try:
+        password = read_credential(MQTT_PASSWORD_CREDENTIAL)
+    except CredentialError as exc:
+        raise BrokerUnavailable(str(exc)) from None
+    if password:
+        return password
+    path = settings.password_file
+    if path is None:
+        return None
+    try:
+        password = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise BrokerUnavailable(f"mqtt.password_file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BrokerUnavailable(
+            f"cannot read mqtt.password_file {path}: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    register_secret(password)
+    return password
 
 
 def _tls(settings: Mqtt) -> ssl.SSLContext | None:

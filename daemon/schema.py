@@ -4,9 +4,10 @@ human durations, and turning a ValidationError into Problems that name file, lin
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from .yamlsrc import Problem, dotted, locate, suggest
@@ -15,27 +16,52 @@ _SECRETISH = re.compile(r"pass|secret|token|key", re.IGNORECASE)
 
 
 class StrictModel(BaseModel):
-    """Unknown keys are errors, reported with the closest valid key."""
+    """Unknown keys are errors (reported with the closest valid key by problems_from_validation)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            known = set()
-            for name, field in cls.model_fields.items():
-                known.add(name)
-                if field.alias:
-                    known.add(field.alias)
-            for key in data:
-                if key not in known:
-                    raise PydanticCustomError(
-                        "unknown_key",
-                        "unknown key '{key}'{hint}",
-                        {"key": str(key), "hint": suggest(key, sorted(known))},
+
+def _field_names(model: type[BaseModel]) -> list[str]:
+    names = []
+    for name, field in model.model_fields.items():
+        names.append(field.alias or name)
+    return names
+
+
+def _models_in(annotation: Any) -> list[Any]:
+    """The members of Optional/Union/Annotated, so a path can be followed through them."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _models_in(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return [m for arg in get_args(annotation) for m in _models_in(arg)]
+    return [annotation]
+
+
+def model_at(root: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The model class that validated the mapping at `path`, for suggesting its keys."""
+    current: list[Any] = [root]
+    for part in path:
+        following: list[Any] = []
+        for ann in current:
+            for member in _models_in(ann):
+                origin = get_origin(member)
+                if isinstance(member, type) and issubclass(member, BaseModel):
+                    field = member.model_fields.get(part) or next(
+                        (f for f in member.model_fields.values() if f.alias == part), None
                     )
-        return data
+                    if field is not None:
+                        following.append(field.annotation)
+                elif origin in (list, tuple) and isinstance(part, int):
+                    following.append(get_args(member)[0])
+                elif origin is dict:
+                    following.append(get_args(member)[1])
+        current = following or current  # a part that matches nothing is a union tag: stay put
+    for ann in current:
+        for member in _models_in(ann):
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                return member
+    return None
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")
@@ -61,25 +87,34 @@ Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
     PlainSerializer(lambda s: f"{s:g}s", return_type=str, when_used="json"),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0, "description": "seconds"},
+                {"type": "string", "pattern": _DURATION.pattern, "examples": ["500ms", "3s", "10m", "1h"]},
+            ]
+        }
+    ),
 ]
 
 
-def problems_from_validation(exc: ValidationError, root: Any, prefix: tuple[Any, ...] = ()) -> list[Problem]:
+def problems_from_validation(exc: ValidationError, root: Any, model: type[BaseModel]) -> list[Problem]:
     """Each pydantic error located in the YAML it came from. Inputs are echoed only when short and not under a
     key that looks like a secret."""
     problems = []
     for err in exc.errors(include_url=False):
-        loc = prefix + tuple(err["loc"])
-        if err["type"] == "unknown_key":
-            loc = (*loc, err["ctx"]["key"])
+        loc = tuple(err["loc"])
         file, line = locate(root, loc)
         where = dotted([p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))])
         msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            owner = model_at(model, loc[:-1])
+            msg = f"unknown key '{loc[-1]}'" + (suggest(loc[-1], _field_names(owner)) if owner else "")
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, ") :]
         given = err.get("input")
         if (
-            err["type"] not in ("unknown_key", "missing")
+            err["type"] not in ("extra_forbidden", "missing")
             and isinstance(given, str | int | float)
             and not isinstance(given, bool)
             and len(str(given)) <= 60

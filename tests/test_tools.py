@@ -9,7 +9,7 @@ import json
 import aiomqtt
 import pytest
 
-from daemon.tools.engine import ToolCall
+from daemon.calls import ToolCall
 from tests.support.broker import Broker
 from tests.support.mqttworld import device, rig, world
 from tests.support.waiting import eventually

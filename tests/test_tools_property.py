@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.tools.engine import ToolCall
+from daemon.calls import ToolCall
 from tests.support.broker import Broker, running_broker
 from tests.support.mqttworld import rig, world
 from tests.test_tools import DECLARED, TOOLS

@@ -13,10 +13,11 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..calls import CancelReport, EngineEvent, ToolCall, ToolResponse
 from ..mqtt import BrokerUnavailable, DeliveryUnknown
 from ..yamlsrc import suggest
 from . import template as tpl
@@ -44,42 +45,6 @@ class Link(Protocol):
     def listen(self, topic: str) -> contextlib.AbstractContextManager[asyncio.Queue[Any]]: ...
 
 
-@dataclass(frozen=True)
-class ToolCall:
-    id: str
-    name: str
-    args: dict[str, Any]
-
-
-@dataclass
-class ToolResponse:
-    id: str
-    name: str
-    response: dict[str, Any]
-    scheduling: str | None  # None for BLOCKING tools: the model waits for them anyway
-    outcome: str  # success | error | timeout
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class CancelReport:
-    id: str
-    # not_found | already_answered | already_cancelled | not_published | undone | no_undo | undo_skipped | undo_failed
-    result: str
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class EngineEvent:
-    kind: str  # call | result | duplicate | cancel
-    id: str
-    name: str
-    args: dict[str, Any] | None = None
-    outcome: str | None = None
-    latency: float | None = None
-    detail: str = ""
-
-
 class _Failed(Exception):
     def __init__(self, message: str, outcome: str = "error") -> None:
         super().__init__(message)
@@ -94,6 +59,7 @@ class _Call:
     published: bool = False
     args: dict[str, Any] = field(default_factory=dict)
     previous: Any = None
+    sent: list[str] = field(default_factory=list)
     response: ToolResponse | None = None
     finished: asyncio.Future[ToolResponse | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
@@ -109,6 +75,7 @@ class Engine:
         self._status: OrderedDict[str, str] = OrderedDict()  # id → running | ready | answered | cancelled
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._names: dict[str, str] = {}  # names of calls being cancelled, for their events
+        self._late_cancels: set[str] = set()
 
     # ---- the interface the live layer uses -------------------------------------------------------------------
 
@@ -126,13 +93,13 @@ class Engine:
         return True
 
     async def next_response(self) -> ToolResponse:
-        """The next answer that is ready; cancelled calls never come out of here."""
+        """The next answer that is ready; cancelled calls never come out of here. Hand it back with requeue()
+        if it could not be delivered."""
         while True:
             cid = await self._ready.get()
             c = self._calls.get(cid)
             if c is not None and self._status.get(cid) == "ready" and c.response is not None:
                 self._remember(cid, "answered")
-                del self._calls[cid]
                 return c.response
 
     def ready_responses(self) -> list[ToolResponse]:
@@ -143,22 +110,42 @@ class Engine:
             c = self._calls.get(cid)
             if c is not None and self._status.get(cid) == "ready" and c.response is not None:
                 self._remember(cid, "answered")
-                del self._calls[cid]
                 out.append(c.response)
         return out
 
-    async def cancel(self, ids: list[str]) -> list[CancelReport]:
+    def requeue(self, response: ToolResponse) -> None:
+        """An answer taken for delivery did not reach the service (the connection dropped): make it ready again
+        for the next connection, unless the call was cancelled meanwhile, in which case undo it instead."""
+        cid = response.id
+        c = self._calls.get(cid)
+        if c is None or self._status.get(cid) != "answered":
+            return
+        if cid in self._late_cancels:
+            self._late_cancels.discard(cid)
+            self._remember(cid, "cancelled")
+            self._names[cid] = c.call.name
+            self._calls.pop(cid, None)
+            asyncio.get_running_loop().create_task(self._report([self._compensate(c)]))
+            return
+        self._remember(cid, "ready")
+        self._ready.put_nowait(cid)
+
+    def cancel(self, ids: list[str]) -> asyncio.Task[list[CancelReport]]:
         """Cancel calls by id: running ones stop (and undo what they published); ready but unanswered ones
-        are withdrawn and undone. Takes effect before the first await, so a call whose task has not run yet
-        never publishes. Returns what happened to each."""
-        stopped = [self._stop(cid) for cid in ids]  # synchronous: no other task runs in between
-        settled = iter(await asyncio.gather(*(self._settle_one(c) for c in stopped if isinstance(c, _Call))))
-        reports = [c if isinstance(c, CancelReport) else next(settled) for c in stopped]
+        are withdrawn and undone. The stopping happens now, before this returns, so a call whose task has not
+        run yet never publishes; the returned task finishes the undo and reports what happened to each."""
+        stopped = [self._stop(cid) for cid in ids]
+        pending = [c if isinstance(c, CancelReport) else self._settle_one(c) for c in stopped]
+        return asyncio.get_running_loop().create_task(self._report(pending), name="tool-cancel")
+
+    async def _report(self, pending: list[CancelReport | Awaitable[CancelReport]]) -> list[CancelReport]:
+        settled = iter(await asyncio.gather(*(p for p in pending if not isinstance(p, CancelReport))))
+        reports = [p if isinstance(p, CancelReport) else next(settled) for p in pending]
         for r in reports:
             name = self._names.pop(r.id, "?")
             log.info("tool call %s cancelled: %s %s", r.id, r.result, r.detail, extra={"CALL_ID": r.id, "TOOL": name})
             self._emit(EngineEvent("cancel", r.id, name, outcome=r.result, detail=r.detail))
-        return list(reports)
+        return reports
 
     async def run(self, call: ToolCall) -> ToolResponse | None:
         """Submit one call and wait for its answer (the `livehome call` and `say` paths)."""
@@ -220,6 +207,7 @@ class Engine:
                 response.outcome,
                 response.timings["total"],
                 response.response.get("error", ""),
+                tuple(c.sent),
             )
         )
 
@@ -284,6 +272,7 @@ class Engine:
                 sent = f"; {i} of {len(messages)} messages went out" if len(messages) > 1 else ""
                 raise _Failed(f"{exc}{sent}") from None
             timings[f"publish {m.topic}"] = time.monotonic() - mark
+            c.sent.append(f"{m.topic} {m.payload.decode(errors='replace')}")
 
     async def _confirm(self, replies: asyncio.Queue[Any], expect: Any, timeout: float) -> Any:
         deadline = time.monotonic() + timeout
@@ -329,6 +318,7 @@ class Engine:
         if status is None:
             return CancelReport(cid, "not_found", "no such call")
         if status == "answered":
+            self._late_cancels.add(cid)  # honoured if the answer comes back undelivered (requeue)
             return CancelReport(cid, "already_answered", "its answer had already been handed over")
         if status == "cancelled" or c is None:
             return CancelReport(cid, "already_cancelled")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -14,9 +15,10 @@ from typing import Any
 
 import aiomqtt
 
+from daemon.calls import EngineEvent
 from daemon.config import Loaded, load
 from daemon.mqtt import MqttLink
-from daemon.tools.engine import Engine, EngineEvent
+from daemon.tools.engine import Engine
 from tests.support.broker import Broker
 
 
@@ -25,6 +27,7 @@ class Seen:
     topic: str
     payload: bytes
     retain: bool
+    t: float = 0.0  # time.monotonic() on arrival
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -42,7 +45,7 @@ class World:
         async for m in self.client.messages:
             payload = m.payload if isinstance(m.payload, bytes | bytearray) else str(m.payload).encode()
             async with self._changed:
-                self.seen.append(Seen(str(m.topic), bytes(payload), bool(m.retain)))
+                self.seen.append(Seen(str(m.topic), bytes(payload), bool(m.retain), time.monotonic()))
                 self._changed.notify_all()
 
     async def wait_for(self, pred: Callable[[Seen], bool], timeout: float = 5.0) -> Seen:
@@ -83,10 +86,14 @@ async def world(broker: Broker) -> AsyncIterator[World]:
 
 @contextlib.asynccontextmanager
 async def device(
-    broker: Broker, set_filter: str, reply: Callable[[str, Any], tuple[str, Any] | None]
+    broker: Broker,
+    set_filter: str,
+    reply: Callable[[str, Any], tuple[str, Any] | None],
+    delays: dict[str, float] | None = None,
 ) -> AsyncIterator[None]:
     """A fake device on the real broker: for each message on set_filter, reply(topic, payload) gives the state
-    to publish (topic, JSON-able or str) or None to stay silent."""
+    to publish (topic, JSON-able or str) or None to stay silent; `delays` holds replies to some set topics back
+    (a slow device), without holding up the others."""
     async with aiomqtt.Client(broker.host, broker.port, identifier=f"dev-{uuid.uuid4().hex[:6]}") as client:
         await client.subscribe(set_filter, qos=1)
 
@@ -100,15 +107,28 @@ async def device(
                 answer = reply(str(m.topic), payload)
                 if answer is not None:
                     topic, state = answer
-                    await client.publish(topic, state if isinstance(state, str) else json.dumps(state), qos=1)
+                    body = state if isinstance(state, str) else json.dumps(state)
+                    later = (delays or {}).get(str(m.topic), 0.0)
+                    if later:
+                        tasks.add(asyncio.create_task(publish_later(topic, body, later)))
+                    else:
+                        await client.publish(topic, body, qos=1)
+
+        async def publish_later(topic: str, body: str, delay: float) -> None:
+            await asyncio.sleep(delay)
+            await client.publish(topic, body, qos=1)
+
+        tasks: set[asyncio.Task[None]] = set()
 
         task = asyncio.create_task(serve())
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+            for t in (task, *tasks):
+                t.cancel()
+            for t in (task, *tasks):
+                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                    await t
 
 
 @dataclass

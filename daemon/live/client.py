@@ -1,0 +1,88 @@
+"""The google-genai client for Live: API key lookup and transport options (endpoint, CA, timeouts)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import ssl
+from urllib.parse import urlparse
+
+from google import genai
+from google.genai import types
+
+from ..config import Gemini
+from ..service import GEMINI_API_KEY_CREDENTIAL, CredentialError, read_credential, register_secret
+
+# websockets logs the handshake's request headers at DEBUG, and x-goog-api-key is one of them: whatever the
+# log levels, no DEBUG record of that logger is ever made.
+logging.getLogger("websockets.client").addFilter(lambda record: record.levelno > logging.DEBUG)
+
+
+class SetupError(Exception):
+    """The session cannot be set up as configured (no key, unreadable CA file); retrying will not help."""
+
+
+def api_key(gemini: Gemini) -> str:
+    """$CREDENTIALS_DIRECTORY/gemini-api-key (systemd LoadCredential), gemini.api_key_file, $GEMINI_API_KEY.
+    Whichever is used is registered for redaction, so it cannot reach a log line."""
+    try:
+        key = read_credential(GEMINI_API_KEY_CREDENTIAL)
+    except CredentialError as exc:
+        raise SetupError(str(exc)) from None
+    if key:
+        return key
+    if gemini.api_key_file is not None:
+        path = gemini.api_key_file
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise SetupError(f"gemini.api_key_file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SetupError(
+                f"cannot read gemini.api_key_file {path}: {getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        if not key:
+            raise SetupError(f"gemini.api_key_file {path} is empty")
+        register_secret(key)
+        return key
+    key = os.environ.get("GEMINI_API_KEY", "").strip()
+    if key:
+        register_secret(key)
+        return key
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    tried = [f"{creds}/{GEMINI_API_KEY_CREDENTIAL}"] if creds else ["$CREDENTIALS_DIRECTORY (not set)"]
+    raise SetupError(f"no Gemini API key: looked in {', '.join(tried)}, gemini.api_key_file (not set), $GEMINI_API_KEY")
+
+
+def _loopback(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def make_client(gemini: Gemini, key: str) -> genai.Client:
+    """A client whose Live socket goes to gemini.endpoint (if set), trusting gemini.ca_file (if set)."""
+    ws_args: dict[str, object] = {
+        "open_timeout": gemini.connect_timeout,
+        # Detect a dead connection in ~20 s instead of websockets' default ~40 s.
+        "ping_interval": 10,
+        "ping_timeout": 10,
+    }
+    if gemini.ca_file is not None:
+        try:
+            ws_args["ssl"] = ssl.create_default_context(cafile=str(gemini.ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise SetupError(f"gemini.ca_file {gemini.ca_file}: {exc}") from None
+    if gemini.endpoint and _loopback(gemini.endpoint):
+        ws_args["proxy"] = None  # an HTTPS_PROXY in the environment must not swallow a local simulator
+    options = types.HttpOptions(
+        base_url=gemini.endpoint.rstrip("/") if gemini.endpoint else None,
+        api_version=gemini.api_version,
+        async_client_args=ws_args,
+    )
+    return genai.Client(api_key=key, http_options=options)
