@@ -71,8 +71,9 @@ def parse_call_args(pairs: Sequence[str]) -> dict[str, Any]:
 
 
 async def _call(loaded: Loaded, name: str, call_args: dict[str, Any], wait: float) -> int:
+    from .calls import ToolCall
     from .mqtt import MqttLink
-    from .tools.engine import Engine, ToolCall
+    from .tools.engine import Engine
 
     link = MqttLink(loaded.config.mqtt)
     link.watch(loaded.registry.watched)
@@ -108,6 +109,46 @@ def cmd_call(args: argparse.Namespace) -> int:
     return asyncio.run(_call(loaded, args.name, call_args, args.wait))
 
 
+def cmd_say(args: argparse.Namespace) -> int:
+    from .say import say
+
+    loaded = _load_or_exit(args.config)
+    return asyncio.run(say(loaded, " ".join(args.text), args.output, args.idle))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from .live.simulator import DEFAULT_MODELS, serve
+
+    overrides: dict[str, str] = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            print(f"livehome simulate: --set {item!r} is not NAME=VALUE", file=sys.stderr)
+            return EX_USAGE
+        overrides[name] = value
+    args.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return asyncio.run(
+            serve(
+                args.scenario,
+                host=args.host,
+                port=args.port,
+                state_dir=args.state_dir,
+                api_key=args.api_key,
+                realtime_audio=not args.fast,
+                until_finished=args.until_finished,
+                transcript_file=args.transcript,
+                vars=overrides,
+                models=[*DEFAULT_MODELS, *args.model],
+            )
+        )
+    except ConfigError as exc:
+        print(f"{args.scenario}: invalid scenario", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EX_CONFIG
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livehome", description="Wake word → Gemini Live → MQTT voice daemon.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -128,6 +169,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("args", nargs="*", help="key=value arguments (values are JSON when they parse: 40, true)")
     p.add_argument("--json", help="arguments as one JSON object instead of key=value")
     p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the broker (default 5)")
+    p = command("say", cmd_say, "one typed turn through Gemini, the tools and MQTT, printed as it happens")
+    p.add_argument("text", nargs="+", help="what you would have said")
+    p.add_argument("--output", type=Path, help="write the model's voice to this WAV file")
+    p.add_argument("--idle", type=float, default=3.0, help="end after this many quiet seconds (default 3)")
+    p = command("simulate", cmd_simulate, "run the local Gemini Live simulator on a scenario", config=False)
+    p.add_argument(
+        "scenario",
+        help="a packaged scenario (lights_on, slow_tool_barge_in, goaway_mid_turn, "
+        "drop_and_resume, parallel_calls, server_error) or a scenario YAML file",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/tmp/livehome-simulator"),
+        help="where the CA certificate and the API key file are written",
+    )
+    p.add_argument("--api-key", default="sim-key", help="the key clients must send")
+    p.add_argument("--until-finished", action="store_true", help="exit when the scenario has run")
+    p.add_argument("--fast", action="store_true", help="send model audio as fast as possible, not in real time")
+    p.add_argument("--transcript", type=Path, help="write the protocol transcript as JSON lines")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a scenario var")
+    p.add_argument("--model", action="append", default=[], help="accept this model name too")
     return parser
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,12 +142,42 @@ class Conversation(StrictModel):
     settle_timeout: Duration = Field(default=5.0, description="time outstanding tool calls get at the end")
 
 
+def _default_id() -> str:
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", socket.gethostname()).strip("-").lower()
+    return slug or "livehome"
+
+
+class Arbitration(StrictModel):
+    """Several satellites on one broker: the one that heard the wake word best opens the session."""
+
+    enabled: bool = True
+    window: Duration = Field(default=0.3, gt=0, le=2, description="how long to collect other satellites' claims")
+
+
+class Assistant(StrictModel):
+    """The daemon itself on MQTT: availability, state, events, commands, Home Assistant discovery."""
+
+    id: str = Field(default_factory=_default_id, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="unique per satellite")
+    name: str | None = Field(default=None, description="friendly name in Home Assistant (default: livehome <id>)")
+    room: str | None = Field(default=None, description="where this satellite stands; tools can default to it")
+    discovery_prefix: str | None = Field(
+        default=None, description="Home Assistant's discovery prefix, usually homeassistant; unset: no discovery"
+    )
+    discovery: bool | None = Field(default=None, description="default: on when discovery_prefix is set")
+    arbitration: Arbitration = Arbitration()
+
+    @property
+    def discovery_enabled(self) -> bool:
+        return bool(self.discovery_prefix) and self.discovery is not False
+
+
 class Config(StrictModel):
     gemini: Gemini = Gemini()
     mqtt: Mqtt = Mqtt()
     wake: Wake = Wake()
     audio: Audio = Audio()
     conversation: Conversation = Conversation()
+    assistant: Assistant = Assistant()
     tools: list[ToolSpec] = Field(default_factory=list)
 
 

@@ -1,0 +1,118 @@
+"""The live layer for real in tests: the Live simulator over TLS, the real google-genai SDK, the tool layer on a
+real mosquitto with fake devices, and a WAV speaker paced like a sound card."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.audio import WavSink
+from daemon.config import load
+from daemon.live.session import LiveSession
+from daemon.live.simulator import Simulator
+from daemon.mqtt import MqttLink
+from daemon.tools.engine import Engine
+from daemon.toolstack import tool_stack
+from tests.support.broker import Broker
+from tests.support.mqttworld import World, device, world
+
+TOOLS = """
+tools:
+  - name: set_light
+    description: Switch a room's light on or off.
+    parameters:
+      room: {type: string, map: {kitchen: kitchen_ceiling, hall: hall_lamp, bedroom: bedroom_lamp}}
+      state: {type: string, enum: [ON, OFF]}
+    required: [room, state]
+    publish: {topic: "z2m/{room}/set", payload: {state: "{state}"}}
+    confirm: {topic: "z2m/{room}", expect: {state: "{state}"}, timeout: 5s}
+    undo: {publish: {topic: "z2m/{room}/set", payload: {state: "{previous.state|OFF}"}}}
+  - name: run_scene
+    description: Run a scene; the projector takes a while to confirm.
+    parameters: {scene: {type: string, enum: [movie, dinner]}}
+    required: [scene]
+    publish: {topic: "scenes/{scene}/run", payload: {run: true}}
+    confirm: {topic: "scenes/{scene}/state", expect: {ready: true}, timeout: 60s}
+    undo: {publish: {topic: "scenes/{scene}/run", payload: {run: false}}}
+"""
+
+KEY = "sim-key-0123456789"
+
+
+def light_reply(topic: str, payload: Any) -> tuple[str, Any]:
+    return topic.removesuffix("/set"), {"state": payload["state"], "brightness": 200}
+
+
+@dataclass
+class Live:
+    sim: Simulator
+    session: LiveSession
+    engine: Engine
+    link: MqttLink
+    world: World
+    speaker: WavSink
+    config_path: Path
+    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def kinds(self) -> list[str]:
+        return [k for k, _ in self.events]
+
+    def of(self, kind: str) -> list[dict[str, Any]]:
+        return [d for k, d in self.events if k == kind]
+
+    async def event(self, kind: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            while True:
+                for d in self.of(kind):
+                    if all(d.get(k) == v for k, v in match.items()):
+                        return d
+                await asyncio.sleep(0.01)
+
+
+def write_config(path: Path, sim: Simulator, broker: Broker, conversation: str, tools: str) -> Path:
+    path.write_text(
+        f"gemini:\n  endpoint: {sim.url}\n  ca_file: {sim.ca_file}\n  reconnect_attempts: 3\n"
+        f"mqtt: {{host: {broker.host}, port: {broker.port}}}\n"
+        f"conversation: {{{conversation}}}\n{tools}"
+    )
+    return path
+
+
+@contextlib.asynccontextmanager
+async def live(
+    tmp_path: Path,
+    broker: Broker,
+    scenario: str | Path,
+    *,
+    vars: dict[str, Any] | None = None,
+    conversation: str = "idle_timeout: 1.5s",
+    delays: dict[str, float] | None = None,
+    key: str = KEY,
+    tools: str = TOOLS,
+) -> AsyncIterator[Live]:
+    sim = Simulator(scenario, state_dir=tmp_path / "sim", api_key=KEY, vars=vars)
+    await sim.start()
+    speaker = WavSink(tmp_path / "played.wav", paced=True)
+    await speaker.start()
+    try:
+        loaded = load(write_config(tmp_path / "config.yaml", sim, broker, conversation, tools))
+        lights = device(broker, "z2m/+/set", light_reply, delays)
+        async with world(broker) as w, lights, tool_stack(loaded, connect_wait=10) as (link, engine):
+            rig = Live(sim, None, engine, link, w, speaker, tmp_path / "config.yaml")  # type: ignore[arg-type]
+            rig.session = LiveSession(
+                loaded.config.gemini,
+                loaded.config.conversation,
+                engine,
+                loaded.registry.declarations(),
+                key=key,
+                speaker=speaker,
+                observer=lambda kind, data: rig.events.append((kind, data)),
+            )
+            yield rig
+    finally:
+        await speaker.aclose()
+        await sim.stop()
