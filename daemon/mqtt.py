@@ -125,7 +125,7 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._lost: asyncio.Future[None] | None = None
-        self._on_connect = on_connect
+        self._connect_hooks: list[Callable[[], Awaitable[None] | None]] = [on_connect] if on_connect else []
         self.last_error = "not connected yet"
         self.connects = 0
 
@@ -149,6 +149,10 @@ class MqttLink:
         self._patterns.append((topic_filter, handler))
         if self._client is not None and self.connected:
             asyncio.get_running_loop().create_task(self._subscribe(self._client, [topic_filter]))
+
+    def add_connect_hook(self, hook: Callable[[], Awaitable[None] | None]) -> None:
+        """Run after every (re)connect, once subscriptions are in place (e.g. to publish retained state)."""
+        self._connect_hooks.append(hook)
 
     def last(self, topic: str) -> Message | None:
         return self._cache.get(topic)
@@ -255,10 +259,13 @@ class MqttLink:
             await self._subscribe(client, topics)
             self._connected.set()
             log.info("MQTT connected to %s (%d topics watched)", self.where, len(self._watched))
-            if self._on_connect:
-                result = self._on_connect()
-                if asyncio.iscoroutine(result):
-                    await result
+            for hook in self._connect_hooks:
+                try:
+                    result = hook()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:
+                    log.exception("MQTT connect hook failed")
             async for message in client.messages:
                 self._dispatch(message)
         raise BrokerUnavailable("the broker closed the connection")
