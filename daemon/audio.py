@@ -701,6 +701,11 @@ class RetryingSource(InputStream):
     def overruns(self) -> int:
         return self._dropped + (self._source.overruns if self._source else 0)
 
+    @property
+    def unavailable(self) -> bool:
+        """Whether the device is failing now (for the daemon's status line)."""
+        return self._down_since is not None
+
     async def start(self) -> None:
         """Opens the device now if it can; if not, iteration keeps trying."""
         if self._source is None:

@@ -149,6 +149,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return EX_CONFIG
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runtime import Options, run
+
+    return run(args.config, Options(input=args.input, output=args.output))
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from .audio import format_devices, list_devices
+
+    print(format_devices(list_devices()))
+    return 0
+
+
+def cmd_wake_test(args: argparse.Namespace) -> int:
+    from .audio import AudioError
+    from .wake import WakeModelError, format_wake_test, wake_test
+
+    loaded = _load_or_exit(args.config)
+    try:
+        print(format_wake_test(wake_test(loaded.config.wake, args.file)))
+    except (WakeModelError, AudioError) as exc:
+        print(f"livehome wake-test: {exc}", file=sys.stderr)
+        return EX_CONFIG if isinstance(exc, WakeModelError) else 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livehome", description="Wake word → Gemini Live → MQTT voice daemon.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -161,9 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    p = command("run", cmd_run, "run the daemon: listen for the wake word, talk, act (the systemd service)")
+    p.add_argument("--input", help="'-' for raw 16 kHz s16le mono on stdin, or a WAV/raw file (overrides audio.input)")
+    p.add_argument("--output", help="a .wav file to record what is played, or 'none' (overrides audio.output)")
     command("check", cmd_check, "validate a config file (exit 78 when invalid)")
     command("schema", cmd_schema, "print the config's JSON Schema (for editor completion)", config=False)
     command("tools", cmd_tools, "print the function declarations exactly as sent to Gemini")
+    command("devices", cmd_devices, "list the sound devices (for audio.input.device / audio.output.device)", False)
+    p = command("wake-test", cmd_wake_test, "run a WAV file through the wake word: detections, scores, times")
+    p.add_argument("file", type=Path, help="a WAV file (any rate, mono or stereo)")
     p = command("call", cmd_call, "run one tool against the configured broker and time each step")
     p.add_argument("name", help="tool name")
     p.add_argument("args", nargs="*", help="key=value arguments (values are JSON when they parse: 40, true)")
@@ -197,10 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .service import setup_logging
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(args.verbose)  # the journal under systemd, readable lines on a terminal; secrets redacted
+    if args.command != "run" and not args.verbose:
+        logging.getLogger().setLevel(logging.WARNING)  # one-shot commands print their own results
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -72,6 +72,7 @@ def make_client(gemini: Gemini, key: str) -> genai.Client:
         # Detect a dead connection in ~20 s instead of websockets' default ~40 s.
         "ping_interval": 10,
         "ping_timeout": 10,
+        "close_timeout": 2,  # a shutdown must not wait long for a dead server's close frame
     }
     if gemini.ca_file is not None:
         try:

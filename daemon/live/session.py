@@ -181,6 +181,7 @@ class LiveSession:
         self.input = InputBuffer(buffer_seconds)
         self.connections = 0
         self.tool_calls = 0
+        self.fed_samples = 0  # microphone samples handed to this session so far
         self.handle: str | None = None
         self._outcome: asyncio.Future[_Outcome] | None = None
         self._stop: _Outcome | None = None
@@ -192,12 +193,14 @@ class LiveSession:
         self._said: list[str] = []
         self._connected = asyncio.Event()
         self._session: Any = None
+        self._discard_turn = False  # after a local barge-in: the rest of this model turn is not played
 
     # ---- what the conversation loop uses ---------------------------------------------------------------------
 
     def feed(self, pcm: bytes) -> None:
         """Microphone audio, 16 kHz mono s16le. Kept (bounded) while the connection is down."""
         self.input.push_audio(pcm)
+        self.fed_samples += len(pcm) // 2
         samples = np.frombuffer(pcm, dtype=np.int16)
         if samples.size and float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) > SPEECH_RMS:
             self._last_activity = time.monotonic()
@@ -206,6 +209,21 @@ class LiveSession:
         """A user turn as text (`livehome say`, an MQTT command)."""
         self.input.push_text(text)
         self._last_activity = time.monotonic()
+
+    def barge_in(self) -> int:
+        """The user talked over the model (its wake word heard while it spoke): silence the speaker now and drop
+        the rest of this model turn. Returns the bytes of speech dropped."""
+        dropped = self.speaker.flush()
+        self._discard_turn = self._model_turn
+        self._last_activity = time.monotonic()
+        log.info("barge-in: dropped %.2fs of queued speech", dropped / (2 * OUTPUT_RATE))
+        self._emit("interrupted", dropped_bytes=dropped, local=True)
+        return dropped
+
+    @property
+    def model_turn(self) -> bool:
+        """Whether the model is in the middle of a turn (its audio may still be arriving)."""
+        return self._model_turn
 
     def stop(self, reason: str = "stopped", detail: str = "") -> None:
         """End the conversation (a shutdown, an MQTT command, barge-in policy); tool calls are settled first."""
@@ -478,7 +496,7 @@ class LiveSession:
                 self._emit("speaking")
             for part in content.model_turn.parts:
                 blob = part.inline_data
-                if blob is not None and blob.data:
+                if blob is not None and blob.data and not self._discard_turn:
                     if blob.mime_type and f"rate={OUTPUT_RATE}" not in blob.mime_type:
                         log.warning("model audio in %s, expected %d Hz", blob.mime_type, OUTPUT_RATE)
                     self.speaker.play(blob.data)
@@ -489,7 +507,7 @@ class LiveSession:
         if content.interrupted:
             dropped = self.speaker.flush()
             log.info("interrupted: dropped %.2fs of queued speech", dropped / (2 * OUTPUT_RATE))
-            self._emit("interrupted", dropped_bytes=dropped)
+            self._emit("interrupted", dropped_bytes=dropped, local=False)
             self._end_turn()
         if content.turn_complete:
             self._end_turn()
@@ -502,6 +520,7 @@ class LiveSession:
             self._emit("transcript", who="model", text=text)
             self._said.clear()
         self._model_turn = False
+        self._discard_turn = False
         self._last_activity = time.monotonic()
 
     def _flush_heard(self) -> None:
