@@ -175,6 +175,12 @@ def cmd_wake_test(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    return asyncio.run(demo(args.dir))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="livehome", description="Wake word → Gemini Live → MQTT voice daemon.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -190,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", cmd_run, "run the daemon: listen for the wake word, talk, act (the systemd service)")
     p.add_argument("--input", help="'-' for raw 16 kHz s16le mono on stdin, or a WAV/raw file (overrides audio.input)")
     p.add_argument("--output", help="a .wav file to record what is played, or 'none' (overrides audio.output)")
+    p = command("demo", cmd_demo, "offline end-to-end run: local mosquitto, Live simulator, spoken wake word", False)
+    p.add_argument("--dir", type=Path, help="where to keep the files (default: a new temporary folder)")
     command("check", cmd_check, "validate a config file (exit 78 when invalid)")
     command("schema", cmd_schema, "print the config's JSON Schema (for editor completion)", config=False)
     command("tools", cmd_tools, "print the function declarations exactly as sent to Gemini")

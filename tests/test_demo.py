@@ -1,0 +1,29 @@
+"""The README's main-job command: the offline end-to-end demo must pass and say what happened."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "daemon", "demo", "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    for expected in (
+        "wake word hey_jarvis, score",
+        "connected in",
+        'tool call set_light [light-1] {"light": "kitchen", "state": "ON"}',
+        'mqtt publish zigbee2mqtt/Kitchen Ceiling/set {"state":"ON"}',
+        'answer to [light-1]: success, WHEN_IDLE: {"ok": true, "status": "confirmed"',
+        "model: The kitchen light is on.",
+        "conversation ended: idle",
+        f"model audio: {tmp_path / 'speaker.wav'}",
+        "demo OK",
+    ):
+        assert expected in out, out
+    assert (tmp_path / "speaker.wav").stat().st_size > 48000
