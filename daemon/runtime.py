@@ -22,8 +22,9 @@ from .audio import SAMPLE_RATE, AudioError, AudioSink, Frame, InputStream, open_
 from .calls import EngineEvent
 from .config import EX_CONFIG, Loaded, load
 from .earcons import end_earcon, wake_earcon
-from .live.client import SetupError, api_key
+from .live.client import SetupError, api_key, make_client
 from .live.session import LiveSession, SessionResult
+from .live.setup import connect_config
 from .mqtt import MqttLink, Will
 from .service import Notifier, install_signal_handlers, watchdog
 from .tools.engine import Engine
@@ -81,6 +82,7 @@ class Daemon:
         self.preroll = PrerollBuffer(10.0)
         self.will: Will | None = None
         self._key = ""
+        self._client: Any = None
         self._open_mic_until = 0.0  # the mic stays open until then, whatever the speaker plays (earcon, flush tail)
         self._session_task: asyncio.Task[None] | None = None
         self._pending: Loaded | None = None
@@ -159,6 +161,7 @@ class Daemon:
         """Everything the daemon needs to do its job; raises what makes that impossible."""
         cfg = loaded.config
         self._key = api_key(cfg.gemini)
+        self._client = await asyncio.to_thread(_warm_client, loaded, self._key)
         self.wake = await AsyncWakeDetector.create(cfg.wake)
         self.speaker = open_output(cfg.audio.output, self.options.output, cfg.audio.retry_delay)
         await self.speaker.start()
@@ -267,6 +270,7 @@ class Daemon:
             key=self._key,
             speaker=self.speaker,
             observer=self._session_event,
+            client=self._client,
         )
         if cfg.conversation.earcons:
             tone = wake_earcon()
@@ -380,6 +384,7 @@ class Daemon:
                 log.info("audio settings changed: reopening devices")
                 await self._reopen_audio(new)
             self._key = api_key(new.config.gemini)
+            self._client = await asyncio.to_thread(_warm_client, new, self._key)
         except (WakeModelError, AudioError, SetupError) as exc:
             log.error("reload failed, still running on the previous configuration: %s", exc)
             return
@@ -457,6 +462,13 @@ class Daemon:
         while True:
             await asyncio.sleep(STATUS_EVERY)
             self._update_status()
+
+
+def _warm_client(loaded: Loaded, key: str) -> Any:
+    """The Live client, and one throw-away connect config: both cost tens of milliseconds the first time, which
+    must not be spent between the wake word and the first audio byte."""
+    connect_config(loaded.config.gemini, loaded.registry.declarations())
+    return make_client(loaded.config.gemini, key)
 
 
 def _safe(fn: Callable[..., Any], *args: Any) -> None:

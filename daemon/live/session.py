@@ -170,6 +170,7 @@ class LiveSession:
         speaker: Speaker,
         observer: Observer | None = None,
         buffer_seconds: float = 20.0,
+        client: Any = None,
     ) -> None:
         self.gemini = gemini
         self.conversation = conversation
@@ -178,6 +179,7 @@ class LiveSession:
         self.key = key
         self.speaker = speaker
         self.observer = observer
+        self.client = client  # built once by the daemon: a new client costs ~20 ms on the wake → audio path
         self.input = InputBuffer(buffer_seconds)
         self.connections = 0
         self.tool_calls = 0
@@ -246,7 +248,7 @@ class LiveSession:
         started = time.monotonic()
         reason, detail = "connection_lost", ""
         try:
-            client = make_client(self.gemini, self.key)
+            client = self.client or make_client(self.gemini, self.key)
         except SetupError as exc:
             return SessionResult("setup", str(exc), 0, 0, 0.0)
         attempt = 0

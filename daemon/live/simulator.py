@@ -226,6 +226,7 @@ class ConnectionInfo:
     closed_by: Literal["client", "server", "abort", "network"] | None = None
     audio_bytes: int = 0
     audio_seconds: float = 0.0
+    first_audio: float | None = None  # monotonic time the first audio byte arrived
 
 
 @dataclass
@@ -1101,6 +1102,9 @@ class Simulator:
         conn.info.audio_bytes += len(pcm)
         conn.info.audio_seconds += len(pcm) / 2 / rate
         now = time.monotonic()
+        if conn.info.first_audio is None:
+            conn.info.first_audio = now
+            self._notify()
         if conn.vad.rate is not None and rate != conn.vad.rate:
             self._violation(conn.number, f"audio rate changed from {conn.vad.rate} to {rate} Hz mid-stream")
         for kind, utterance in conn.vad.feed(pcm, rate, now):

@@ -1,0 +1,162 @@
+"""Listening and waking:
+- CPU while listening (real-time audio without the wake word) and peak RSS of `livehome run`, beside a bare
+  openWakeWord process fed the same audio at the same pace, in the same run;
+- wake word → first audio byte on the Live socket (the session connects over TLS and sends the pre-roll), beside
+  the bare SDK connecting and sending one audio chunk to the same simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import wave
+from pathlib import Path
+
+from google import genai
+from google.genai import types
+
+from bench.common import Row, percentile
+from daemon.config import load
+from daemon.live.simulator import Simulator
+from daemon.localbroker import running_broker
+from daemon.runtime import Daemon, Options
+from daemon.speech import silence, synthesize
+
+LISTEN_SECONDS = 12.0
+WAKE_RUNS = 8
+KEY = "bench-key-0002"
+
+RAW_OWW = textwrap.dedent(
+    """
+    import sys, time, wave, numpy as np
+    from pathlib import Path
+    import pyopen_wakeword
+    from openwakeword.model import Model
+    d = Path(pyopen_wakeword.__file__).parent / "models"
+    m = Model(wakeword_models=[str(d / "hey_jarvis.tflite")], inference_framework="tflite",
+              melspec_model_path=str(d / "melspectrogram.tflite"),
+              embedding_model_path=str(d / "embedding_model.tflite"))
+    with wave.open(sys.argv[1]) as w:
+        audio = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+    print("ready", flush=True)
+    start = time.monotonic()
+    for i, n in enumerate(range(0, len(audio) - 1279, 1280)):
+        m.predict(audio[n : n + 1280])
+        delay = start + (i + 1) * 0.08 - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    """
+)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(argv: list[str], marker: str, env: dict[str, str]) -> tuple[float, float, float]:
+    """CPU seconds after `marker` appears on the child's output, wall seconds likewise, and peak RSS (MiB)."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if marker in line:
+            break
+    else:
+        raise RuntimeError(f"{argv[:3]} never printed {marker!r}")
+    cpu0, t0 = cpu_seconds(proc.pid), time.monotonic()
+    for _ in proc.stdout:
+        pass
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{argv[:3]} exited with {proc.returncode}")
+    total = usage.ru_utime + usage.ru_stime
+    return total - cpu0, time.monotonic() - t0, usage.ru_maxrss / 1024
+
+
+def listening(tmp: Path, broker_port: int) -> list[Row]:
+    pcm = synthesize("the weather is lovely today and nobody is talking to the assistant") + silence(LISTEN_SECONDS)
+    pcm = pcm[: int(LISTEN_SECONDS * 16000) * 2]
+    audio = tmp / "listen.wav"
+    with wave.open(str(audio), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+    cfg = tmp / "listen.yaml"
+    cfg.write_text(f"mqtt: {{host: 127.0.0.1, port: {broker_port}}}\naudio: {{input: {{realtime: true}}}}\n")
+    env = {**os.environ, "GEMINI_API_KEY": KEY}
+    raw_cpu, raw_wall, raw_rss = measure([sys.executable, "-c", RAW_OWW, str(audio)], "ready", env)
+    daemon = [sys.executable, "-m", "daemon", "run", "--config", str(cfg), "--input", str(audio), "--output", "none"]
+    our_cpu, our_wall, our_rss = measure(daemon, "ready:", env)
+    raw_name = "bare openWakeWord, same model and audio, same pace"
+    return [
+        Row("wake", "CPU while listening", 100 * our_cpu / our_wall, 100 * raw_cpu / raw_wall, "%", raw_name),
+        Row("wake", "peak RSS", our_rss, raw_rss, "MiB", raw_name + " (process total)"),
+    ]
+
+
+class WakeClock:
+    """When the daemon reported its wake words."""
+
+    def __init__(self) -> None:
+        self.woke: list[float] = []
+
+    def daemon_event(self, kind: str, data: dict) -> None:
+        if kind == "wake":
+            self.woke.append(time.monotonic())
+
+
+async def wake_to_audio(tmp: Path, broker_port: int) -> list[Row]:
+    mic = tmp / "wake.wav"
+    with wave.open(str(mic), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(silence(0.5) + synthesize("hey jarvis, turn on the kitchen light") + silence(0.5))
+    ours, raw = [], []
+    os.environ["GEMINI_API_KEY"] = KEY
+    for i in range(WAKE_RUNS):
+        scenario = tmp / "idle.yaml"
+        scenario.write_text(
+            "description: listen only\nturns:\n  - on: {text: never said}\n    steps: [turn_complete]\n"
+        )
+        async with Simulator(scenario, state_dir=tmp / f"sim{i}", api_key=KEY) as sim:
+            cfg = tmp / f"wake{i}.yaml"
+            cfg.write_text(
+                f"gemini: {{endpoint: '{sim.url}', ca_file: '{sim.ca_file}'}}\n"
+                f"mqtt: {{host: 127.0.0.1, port: {broker_port}}}\n"
+                "audio: {input: {realtime: false}}\nconversation: {idle_timeout: 0.3s, earcons: false}\n"
+            )
+            clock = WakeClock()
+            daemon = Daemon(load(cfg), Options(input=str(mic), output="none"))
+            daemon.observers.append(clock)
+            await daemon.run()
+            first = sim.connections[0].first_audio if sim.connections else None
+            if not clock.woke or first is None:
+                raise RuntimeError("the wake word did not open a session in the benchmark")
+            ours.append(first - clock.woke[0])
+
+            client = genai.Client(api_key=KEY, http_options=sim.http_options())
+            t0 = time.monotonic()
+            async with client.aio.live.connect(model="gemini-3.8-live", config=types.LiveConnectConfig()) as s:
+                blob = types.Blob(data=bytes(2560), mime_type="audio/pcm;rate=16000")
+                await s.send_realtime_input(audio=blob)
+                await sim.wait_until(lambda: sim.connections[-1].first_audio is not None)
+            raw.append(sim.connections[-1].first_audio - t0)  # type: ignore[operator]
+    ms = 1000.0
+    name = "bare SDK: connect over TLS and send one audio chunk"
+    return [Row("wake", f"wake → first audio byte on the socket, p{p}", percentile(ours, p) * ms,
+                percentile(raw, p) * ms, "ms", name) for p in (50, 90)]  # fmt: skip
+
+
+async def run() -> list[Row]:
+    with tempfile.TemporaryDirectory() as tmpdir, running_broker(Path(tmpdir)) as broker:
+        tmp = Path(tmpdir)
+        rows = await asyncio.to_thread(listening, tmp, broker.port)
+        rows += await wake_to_audio(tmp, broker.port)
+    return rows
