@@ -271,6 +271,7 @@ class Daemon:
             speaker=self.speaker,
             observer=self._session_event,
             client=self._client,
+            name=str(self.sessions + 1),
         )
         if cfg.conversation.earcons:
             tone = wake_earcon()

@@ -158,6 +158,14 @@ def _explain_fatal(code: int, reason: str, model: str) -> str:
     return f"Gemini closed the session for good ({code}: {text})"
 
 
+class _Fields(logging.LoggerAdapter):
+    """Adds the session's journal field to every line, keeping the line's own fields (TOOL, CALL_ID)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
 class LiveSession:
     def __init__(
         self,
@@ -171,6 +179,7 @@ class LiveSession:
         observer: Observer | None = None,
         buffer_seconds: float = 20.0,
         client: Any = None,
+        name: str = "1",
     ) -> None:
         self.gemini = gemini
         self.conversation = conversation
@@ -179,6 +188,8 @@ class LiveSession:
         self.key = key
         self.speaker = speaker
         self.observer = observer
+        self.name = name
+        self.log = _Fields(log, {"SESSION": name})
         self.client = client  # built once by the daemon: a new client costs ~20 ms on the wake → audio path
         self.input = InputBuffer(buffer_seconds)
         self.connections = 0
@@ -218,7 +229,7 @@ class LiveSession:
         dropped = self.speaker.flush()
         self._discard_turn = self._model_turn
         self._last_activity = time.monotonic()
-        log.info("barge-in: dropped %.2fs of queued speech", dropped / (2 * OUTPUT_RATE))
+        self.log.info("barge-in: dropped %.2fs of queued speech", dropped / (2 * OUTPUT_RATE))
         self._emit("interrupted", dropped_bytes=dropped, local=True)
         return dropped
 
@@ -266,21 +277,21 @@ class LiveSession:
                 text = exc.details if isinstance(exc.details, str) else (exc.message or str(exc.details or ""))
                 if code in FATAL_CLOSE:
                     reason, detail = "fatal", _explain_fatal(code, text, self.gemini.model)
-                    log.error("%s", detail)
+                    self.log.error("%s", detail)
                     break
                 why = f"connection closed ({code}: {text or 'no reason'})"
             except websockets.exceptions.InvalidStatus as exc:
                 status = exc.response.status_code
                 if 400 <= status < 500 and status not in (408, 429):
                     reason, detail = "fatal", _explain_fatal(status, exc.response.reason_phrase, self.gemini.model)
-                    log.error("%s", detail)
+                    self.log.error("%s", detail)
                     break
                 why = f"the service answered HTTP {status}"
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                     reason = "fatal"
                     detail = f"TLS certificate of {self.gemini.endpoint or 'the service'} not trusted: {exc}"
-                    log.error("%s (set gemini.ca_file?)", detail)
+                    self.log.error("%s (set gemini.ca_file?)", detail)
                     break
                 why = f"cannot connect ({type(exc).__name__}: {exc})"
             else:
@@ -294,17 +305,17 @@ class LiveSession:
             attempt += 1
             if attempt > self.gemini.reconnect_attempts:
                 reason, detail = "connection_lost", f"gave up after {attempt - 1} reconnects: {why}"
-                log.error("Gemini Live: %s", detail)
+                self.log.error("Gemini Live: %s", detail)
                 break
             delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.8 + 0.4 * random.random())
-            log.warning("Gemini Live: %s; reconnecting in %.1fs (attempt %d)", why, delay, attempt)
+            self.log.warning("Gemini Live: %s; reconnecting in %.1fs (attempt %d)", why, delay, attempt)
             self._emit("reconnecting", why=why, attempt=attempt)
             await asyncio.sleep(delay)
         if self.tools.outstanding:  # no socket left to answer on: finish or cancel (with undo) what is running
             await self.tools.settle(self.conversation.settle_timeout)
         self.tools.ready_responses()  # nobody to deliver them to any more
         result = SessionResult(reason, detail, self.connections, self.tool_calls, time.monotonic() - started)
-        log.info(
+        self.log.info(
             "conversation ended: %s %s (%d connections, %d tool calls)",
             reason,
             detail,
@@ -327,7 +338,7 @@ class LiveSession:
             self.connections += 1
             self._goaway_at = None
             self._connected.set()
-            log.info("Gemini Live connected%s", " (resumed)" if resumed else "")
+            self.log.info("Gemini Live connected%s", " (resumed)" if resumed else "")
             self._emit("connected", resumed=resumed, connection=self.connections)
             return await self._converse(session, started)
         finally:
@@ -398,7 +409,7 @@ class LiveSession:
             try:
                 if kind == "text":
                     await session.send_realtime_input(text=data)
-                    log.info("user (text): %s", data)
+                    self.log.info("user (text): %s", data)
                 else:
                     blob = types.Blob(data=data, mime_type=f"audio/pcm;rate={INPUT_RATE}")
                     await session.send_realtime_input(audio=blob)
@@ -426,7 +437,7 @@ class LiveSession:
             scheduling=types.FunctionResponseScheduling(response.scheduling) if response.scheduling else None,
         )
         await session.send_tool_response(function_responses=[answer])
-        log.info(
+        self.log.info(
             "answered %s %s: %s (%s)",
             response.name,
             response.id,
@@ -471,12 +482,12 @@ class LiveSession:
                 self._on_call(call)
         if msg.tool_call_cancellation is not None:
             ids = list(msg.tool_call_cancellation.ids or [])
-            log.info("Gemini cancelled tool calls %s", ", ".join(ids))
+            self.log.info("Gemini cancelled tool calls %s", ", ".join(ids))
             self.tools.cancel(ids).add_done_callback(self._cancelled)  # stops the calls now, undoes in a task
         if msg.go_away is not None:
             left = _seconds(msg.go_away.time_left)
             self._goaway_at = time.monotonic() + max(0.0, left - GOAWAY_MARGIN)
-            log.info(
+            self.log.info(
                 "Gemini Live GoAway: %.1fs left; moving to a new connection%s",
                 left,
                 "" if self.handle else " (no resumption handle yet: the context will be lost)",
@@ -500,7 +511,7 @@ class LiveSession:
                 blob = part.inline_data
                 if blob is not None and blob.data and not self._discard_turn:
                     if blob.mime_type and f"rate={OUTPUT_RATE}" not in blob.mime_type:
-                        log.warning("model audio in %s, expected %d Hz", blob.mime_type, OUTPUT_RATE)
+                        self.log.warning("model audio in %s, expected %d Hz", blob.mime_type, OUTPUT_RATE)
                     self.speaker.play(blob.data)
             self._last_activity = now
         if content.output_transcription and content.output_transcription.text:
@@ -508,7 +519,7 @@ class LiveSession:
             self._last_activity = now
         if content.interrupted:
             dropped = self.speaker.flush()
-            log.info("interrupted: dropped %.2fs of queued speech", dropped / (2 * OUTPUT_RATE))
+            self.log.info("interrupted: dropped %.2fs of queued speech", dropped / (2 * OUTPUT_RATE))
             self._emit("interrupted", dropped_bytes=dropped, local=False)
             self._end_turn()
         if content.turn_complete:
@@ -518,7 +529,7 @@ class LiveSession:
         self._flush_heard()
         if self._said:
             text = "".join(self._said).strip()
-            log.info("model: %s", text)
+            self.log.info("model: %s", text)
             self._emit("transcript", who="model", text=text)
             self._said.clear()
         self._model_turn = False
@@ -528,19 +539,19 @@ class LiveSession:
     def _flush_heard(self) -> None:
         if self._heard:
             text = "".join(self._heard).strip()
-            log.info("user: %s", text)
+            self.log.info("user: %s", text)
             self._emit("transcript", who="user", text=text)
             self._heard.clear()
 
     def _on_call(self, call: types.FunctionCall) -> None:
         if not call.id:
-            log.error("Gemini sent a tool call without an id (%s); it cannot be answered", call.name)
+            self.log.error("Gemini sent a tool call without an id (%s); it cannot be answered", call.name)
             return
         args = dict(call.args or {})
         if call.name == END_CONVERSATION:
             # Answered here, not by the tool layer; the session ends once the goodbye has been spoken.
             self._ending_since = time.monotonic()
-            log.info("the model ends the conversation")
+            self.log.info("the model ends the conversation")
             self._emit("tool_call", id=call.id, name=call.name, args=args, repeated=False)
             if self._session is not None:
                 answer = ToolResponse(call.id, END_CONVERSATION, {"ok": True}, "SILENT", "success")
@@ -549,7 +560,7 @@ class LiveSession:
             return
         self.tool_calls += 1
         fresh = self.tools.submit(ToolCall(call.id, call.name or "", args))
-        log.info(
+        self.log.info(
             "tool call %s %s %s%s",
             call.name,
             call.id,
@@ -561,7 +572,9 @@ class LiveSession:
 
     def _cancelled(self, task: asyncio.Task[list[CancelReport]]) -> None:
         if task.cancelled() or task.exception() is not None:
-            log.error("cancelling tool calls failed: %s", task.exception() if not task.cancelled() else "cancelled")
+            self.log.error(
+                "cancelling tool calls failed: %s", task.exception() if not task.cancelled() else "cancelled"
+            )
             return
         for r in task.result():
             self._emit("cancelled", id=r.id, result=r.result, detail=r.detail)
@@ -571,4 +584,4 @@ class LiveSession:
             try:
                 self.observer(kind, data)
             except Exception:
-                log.exception("session observer failed on %s", kind)
+                self.log.exception("session observer failed on %s", kind)
