@@ -196,7 +196,7 @@ def load(path: Path) -> Loaded:
     tools, problems = [], []
     for index, spec in enumerate(config.tools):
         try:
-            tools.append(compile_tool(spec))
+            tools.append(compile_tool(spec, config.assistant.room))
         except SpecError as exc:
             for where, message in exc.problems:
                 file, line = locate(raw, ("tools", index, *where))

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from daemon.config import EX_CONFIG, load
+from daemon.tools.registry import ArgumentError
 from daemon.yamlsrc import ConfigError
 from tests.support.broker import Broker
 
@@ -267,3 +268,40 @@ def test_call_cli_runs_a_tool_and_times_it(tmp_path: Path, broker: Broker) -> No
     assert bad.returncode == 1 and "is not one of kitchen, hall" in bad.stdout
     usage = run_cli("call", "--config", str(cfg), "set_light", "room")
     assert usage.returncode == 64 and "not key=value" in usage.stderr
+
+
+ROOMS = """
+assistant: {{room: {room}}}
+tools:
+  - name: set_light
+    description: Switch a light.
+    parameters:
+      light: {{type: string, map: {{kitchen: k_lamp, hall: h_lamp}}, scope: room}}
+      state: {{type: string, enum: [ON, OFF]}}
+    required: [light, state]
+    publish: {{topic: "z2m/{{light}}/set", payload: {{state: "{{state}}"}}}}
+"""
+
+
+def test_room_scope_makes_this_room_the_default(tmp_path: Path) -> None:
+    tool = loads(tmp_path, ROOMS.format(room="kitchen")).registry.get("set_light")
+    assert tool is not None
+    decl = tool.declaration()["parameters"]
+    assert decl["required"] == ["state"]  # "turn on the light" may leave the light out
+    assert decl["properties"]["light"]["default"] == "kitchen"
+    assert "Leave out to mean kitchen (the room this assistant is in)" in decl["properties"]["light"]["description"]
+    assert tool.check_args({"state": "ON"}) == {"light": "k_lamp", "state": "ON"}
+    assert tool.check_args({"light": "hall", "state": "ON"})["light"] == "h_lamp"
+
+
+def test_room_scope_without_a_matching_room_keeps_the_parameter_required(tmp_path: Path) -> None:
+    tool = loads(tmp_path, ROOMS.format(room="attic")).registry.get("set_light")
+    assert tool is not None
+    assert tool.declaration()["parameters"]["required"] == ["light", "state"]
+    with pytest.raises(ArgumentError, match="missing required argument 'light'"):
+        tool.check_args({"state": "ON"})
+
+
+def test_room_scope_needs_choices(tmp_path: Path) -> None:
+    body = ROOMS.format(room="kitchen").replace("map: {kitchen: k_lamp, hall: h_lamp}, scope: room", "scope: room")
+    assert any("scope: room needs an enum or map" in p for p in problems(tmp_path, body))

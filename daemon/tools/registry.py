@@ -87,6 +87,7 @@ class Tool:
     topics: frozenset[str]  # every topic this tool can ever publish to
     watched: frozenset[str]  # every state topic to subscribe to at start-up
     schema: dict[str, Any]
+    defaults: dict[str, Any]
     _validator: jsonschema.Draft202012Validator = field(repr=False)
 
     @property
@@ -115,7 +116,7 @@ class Tool:
             raise ArgumentError(problems)
         out: dict[str, Any] = {}
         for name, param in self.spec.parameters.items():
-            value = args.get(name, param.default)
+            value = args.get(name, self.defaults.get(name))
             if value is None:
                 continue
             if param.type == "integer":
@@ -170,13 +171,18 @@ def _describe(err: jsonschema.ValidationError) -> str:
     return f"{where}: {_short(err.message, 80)}"
 
 
-def param_schema(p: Param) -> dict[str, Any]:
+def param_schema(p: Param, default: Any = None) -> dict[str, Any]:
     s: dict[str, Any] = {"type": p.type}
-    if p.description:
-        s["description"] = p.description
+    description = p.description or ""
+    if default is not None:
+        here = " (the room this assistant is in)" if p.scope == "room" and default != p.default else ""
+        description = f"{description} Leave out to mean {default}{here}.".strip()
+        s["default"] = default
+    if description:
+        s["description"] = description
     if p.choices is not None:
         s["enum"] = p.choices
-    for key in ("minimum", "maximum", "pattern", "minLength", "default"):
+    for key in ("minimum", "maximum", "pattern", "minLength"):
         if getattr(p, key) is not None:
             s[key] = getattr(p, key)
     if p.type == "string" and p.choices is None:
@@ -184,22 +190,36 @@ def param_schema(p: Param) -> dict[str, Any]:
     return s
 
 
-def tool_schema(spec: ToolSpec) -> dict[str, Any]:
+def tool_schema(spec: ToolSpec, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A parameter with a default is optional for the model, even when the spec lists it as required."""
     schema: dict[str, Any] = {
         "type": "object",
-        "properties": {n: param_schema(p) for n, p in spec.parameters.items()},
+        "properties": {n: param_schema(p, defaults.get(n)) for n, p in spec.parameters.items()},
         "additionalProperties": False,
     }
-    if spec.required:
-        schema["required"] = list(spec.required)
+    required = [r for r in spec.required if defaults.get(r) is None]
+    if required:
+        schema["required"] = required
     return schema
+
+
+def effective_defaults(spec: ToolSpec, room: str | None) -> dict[str, Any]:
+    """Each parameter's default: the satellite's room for `scope: room` when it is one of the choices."""
+    out = {}
+    for name, p in spec.parameters.items():
+        if p.scope == "room" and room is not None and room in (p.choices or []):
+            out[name] = room
+        elif p.default is not None:
+            out[name] = p.default
+    return out
 
 
 class _Checker:
     """Collects a spec's problems with their paths instead of stopping at the first."""
 
-    def __init__(self, spec: ToolSpec) -> None:
+    def __init__(self, spec: ToolSpec, defaults: Mapping[str, Any]) -> None:
         self.spec = spec
+        self.defaults = defaults
         self.problems: list[tuple[tuple[Any, ...], str]] = []
 
     def fail(self, where: tuple[Any, ...], message: str) -> None:
@@ -234,7 +254,7 @@ class _Checker:
             return
         if ref.path:
             self.fail(where, f"{ref}: only {{previous.…}} placeholders take a field path")
-        optional = ref.name not in self.spec.required and params[ref.name].default is None
+        optional = ref.name not in self.spec.required and self.defaults.get(ref.name) is None
         if optional and not droppable and ref.fallback is None:
             self.fail(
                 where,
@@ -258,7 +278,7 @@ class _Checker:
                     f"topic placeholder {ref} must take an enum or map parameter, so the set of topics is fixed "
                     f"when the config loads ('{ref.name}' is a free {param.type})",
                 )
-            elif ref.name not in self.spec.required and param.default is None:
+            elif ref.name not in self.spec.required and self.defaults.get(ref.name) is None:
                 self.fail(where, f"topic placeholder {ref} needs a required parameter or one with a default")
             elif ref.fallback is not None or ref.path:
                 self.fail(where, f"topic placeholder {ref} cannot have a fallback or field path")
@@ -298,8 +318,10 @@ def _in_mapping(path: tuple[Any, ...], base: tuple[Any, ...]) -> bool:
     return len(path) > len(base) and isinstance(path[-1], str)
 
 
-def compile_tool(spec: ToolSpec) -> Tool:
-    c = _Checker(spec)
+def compile_tool(spec: ToolSpec, room: str | None = None) -> Tool:
+    """`room` is the satellite's assistant.room, for parameters with `scope: room`."""
+    defaults = effective_defaults(spec, room)
+    c = _Checker(spec, defaults)
     publishes, topics = c.publishes(spec.publish or [], ("publish",), allow_previous=False)
     confirm_topic, confirm_expect, watched = None, None, set()
     if spec.confirm:
@@ -323,9 +345,10 @@ def compile_tool(spec: ToolSpec) -> Tool:
         watched |= found
     if c.problems:
         raise SpecError(c.problems)
-    schema = tool_schema(spec)
+    schema = tool_schema(spec, defaults)
     return Tool(
         spec=spec,
+        defaults=defaults,
         publishes=publishes,
         undo=undo,
         confirm_topic=confirm_topic,

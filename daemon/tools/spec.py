@@ -38,9 +38,14 @@ class Param(StrictModel):
     minLength: int | None = Field(default=None, ge=0)
     maxLength: int | None = Field(default=None, ge=1, le=HARD_MAX_LENGTH)
     default: Scalar | StrictBool | None = None
+    scope: Literal["room"] | None = Field(
+        default=None, description="room: when the user names none, the satellite's assistant.room (if a choice)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Param:
+        if self.scope is not None and self.map is None and self.enum is None:
+            raise ValueError("scope: room needs an enum or map whose names include the rooms")
         if self.map is not None and self.type != "string":
             raise ValueError("map is for string parameters (the spoken names)")
         if self.map is not None and self.enum is not None:
