@@ -77,7 +77,7 @@ class Mqtt(StrictModel):
         default=None, description="file holding the password; $CREDENTIALS_DIRECTORY/mqtt-password wins"
     )
     tls: MqttTls = MqttTls(enabled=False)
-    client_id: str = Field(default_factory=lambda: f"livehome-{socket.gethostname()}")
+    client_id: str | None = Field(default=None, description="default: livehome-<assistant.id>, unique per satellite")
     topic_prefix: str = "livehome"
     keepalive: Duration = 30.0
     reconnect_min: Duration = 0.5
@@ -179,6 +179,15 @@ class Config(StrictModel):
     conversation: Conversation = Conversation()
     assistant: Assistant = Assistant()
     tools: list[ToolSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _client_id(self) -> Config:
+        """Two satellites must never share an MQTT client id: the broker would keep disconnecting one for the
+        other. The default follows assistant.id, which already has to be unique."""
+        if self.mqtt.client_id is None:
+            mqtt = self.mqtt.model_copy(update={"client_id": f"livehome-{self.assistant.id}"})
+            object.__setattr__(self, "mqtt", mqtt)
+        return self
 
 
 @dataclass(frozen=True)

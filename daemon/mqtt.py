@@ -124,6 +124,7 @@ class MqttLink:
         self._waiters: dict[str, list[asyncio.Queue[Message]]] = {}
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
+        self._attempted = asyncio.Event()  # the first connection attempt has succeeded or failed
         self._lost: asyncio.Future[None] | None = None
         self._connect_hooks: list[Callable[[], Awaitable[None] | None]] = [on_connect] if on_connect else []
         self.last_error = "not connected yet"
@@ -171,6 +172,11 @@ class MqttLink:
             if not queues:
                 self._waiters.pop(topic, None)
 
+    async def wait_attempted(self, timeout: float) -> None:
+        """Until the first connection attempt has an outcome (bounded), so a status line tells the truth."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._attempted.wait(), timeout)
+
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
@@ -208,7 +214,10 @@ class MqttLink:
         """Connect, and reconnect with backoff, until cancelled."""
         delay = self.settings.reconnect_min
         logged_down = False
+        short_lived = 0
         while True:
+            began = time.monotonic()
+            connects = self.connects
             try:
                 await self._session()
                 delay = self.settings.reconnect_min
@@ -217,6 +226,16 @@ class MqttLink:
                 raise
             except (aiomqtt.MqttError, OSError, BrokerUnavailable, ssl.SSLError) as exc:
                 self.last_error = _reason(exc)
+                self._attempted.set()
+                # Connected, then dropped at once, again and again: typically another client with our id.
+                short_lived = short_lived + 1 if self.connects > connects and time.monotonic() - began < 5 else 0
+                if short_lived == 3:
+                    log.warning(
+                        "MQTT connection to %s keeps being dropped right after connecting: is another client using "
+                        "client_id %r (e.g. a second satellite with the same assistant.id)?",
+                        self.where,
+                        self.settings.client_id,
+                    )
                 if not logged_down:
                     log.warning("MQTT broker %s unreachable (%s); retrying", self.where, self.last_error)
                     logged_down = True
@@ -258,6 +277,7 @@ class MqttLink:
             topics = sorted(self._watched) + [f for f, _ in self._patterns]
             await self._subscribe(client, topics)
             self._connected.set()
+            self._attempted.set()
             log.info("MQTT connected to %s (%d topics watched)", self.where, len(self._watched))
             for hook in self._connect_hooks:
                 try:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from .arbiter import Arbiter
 from .audio import SAMPLE_RATE, AudioError, AudioSink, Frame, InputStream, open_input, open_output
 from .calls import EngineEvent
 from .config import EX_CONFIG, Loaded, load
@@ -25,7 +26,8 @@ from .earcons import end_earcon, wake_earcon
 from .live.client import SetupError, api_key, make_client
 from .live.session import LiveSession, SessionResult
 from .live.setup import connect_config
-from .mqtt import MqttLink, Will
+from .mqtt import MqttLink
+from .presence import Presence
 from .service import Notifier, install_signal_handlers, watchdog
 from .tools.engine import Engine
 from .wake import AsyncWakeDetector, Detection, PrerollBuffer, WakeModelError
@@ -80,7 +82,7 @@ class Daemon:
         self.mic: InputStream | None = None
         self.speaker: AudioSink | None = None
         self.preroll = PrerollBuffer(10.0)
-        self.will: Will | None = None
+        self.presence: Presence | None = None
         self._key = ""
         self._client: Any = None
         self._open_mic_until = 0.0  # the mic stays open until then, whatever the speaker plays (earcon, flush tail)
@@ -99,22 +101,25 @@ class Daemon:
 
     # ---- observers -------------------------------------------------------------------------------------------
 
+    def _observers(self) -> list[Any]:
+        return [*self.observers, self.presence] if self.presence is not None else self.observers
+
     def _emit(self, kind: str, **data: Any) -> None:
-        for o in self.observers:
+        for o in self._observers():
             hook = getattr(o, "daemon_event", None)
             if hook:
                 _safe(hook, kind, data)
 
     def _session_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "speaking":
-            self._set_phase(self.phase)
-        for o in self.observers:
+        if kind in ("connected", "speaking", "reconnecting"):
+            self._update_status()
+        for o in self._observers():
             hook = getattr(o, "session_event", None)
             if hook:
                 _safe(hook, kind, data)
 
     def _tool_event(self, event: EngineEvent) -> None:
-        for o in self.observers:
+        for o in self._observers():
             hook = getattr(o, "tool_event", None)
             if hook:
                 _safe(hook, event)
@@ -167,15 +172,27 @@ class Daemon:
         await self.speaker.start()
         self.mic = open_input(cfg.audio.input, self.options.input, cfg.audio.retry_delay)
         await self.mic.start()
-        self._start_tools(loaded)
+        await self._start_tools(loaded)
 
-    def _start_tools(self, loaded: Loaded) -> None:
-        self.link = MqttLink(loaded.config.mqtt, will=self.will)
+    async def _start_tools(self, loaded: Loaded) -> None:
+        """The MQTT link, the tool engine on it, and the daemon's own presence and arbitration there."""
+        cfg = loaded.config
+        self.link = MqttLink(cfg.mqtt, will=Presence.will(cfg))
         self.link.watch(loaded.registry.watched)
         self.engine = Engine(loaded.registry, self.link, self._tool_event)
+        self.presence = Presence(self.link, cfg, self)
+        arbiter = Arbiter(self.link, cfg, report=self.presence.event)
+        self.claimer = arbiter if cfg.assistant.arbitration.enabled else None
+        self.link.add_connect_hook(self._update_status)
         self._link_task = asyncio.create_task(self.link.run(), name="mqtt")
+        await self.presence.start()
+        await arbiter.start()
+        await self.link.wait_attempted(2.0)  # READY's status line must say whether the broker is there
 
-    async def _stop_tools(self) -> None:
+    async def _stop_tools(self, timeout: float | None = None) -> None:
+        if self.presence is not None:
+            await self.presence.stop(timeout)  # offline (retained) before a clean disconnect, which sends no will
+            self.presence = None
         if self._link_task is not None:
             self._link_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -189,7 +206,7 @@ class Daemon:
             await self.speaker.aclose()
         if self.wake is not None:
             self.wake.close()
-        await self._stop_tools()
+        await self._stop_tools(timeout=1.0)
 
     # ---- the microphone loop ---------------------------------------------------------------------------------
 
@@ -389,9 +406,16 @@ class Daemon:
         except (WakeModelError, AudioError, SetupError) as exc:
             log.error("reload failed, still running on the previous configuration: %s", exc)
             return
-        if new.config.mqtt != old.config.mqtt or new.config.tools != old.config.tools:
-            await self._stop_tools()
-            self._start_tools(new)
+        rebuild = (new.config.mqtt, new.config.assistant, new.config.tools) != (
+            old.config.mqtt,
+            old.config.assistant,
+            old.config.tools,
+        )
+        if rebuild:
+            await self._stop_tools(timeout=1.0)
+            await self._start_tools(new)
+        elif self.presence is not None:
+            self.presence.reconfigure(new.config)
         self.loaded = new
         log.info("configuration reloaded from %s", new.path)
         self._emit("reloaded")
@@ -421,16 +445,18 @@ class Daemon:
 
     @property
     def state(self) -> str:
-        if self.muted:
+        """idle (waiting for the wake word) → listening (heard it; deciding who answers) → connecting →
+        conversation ⇄ speaking, or muted. The session's own events refine the conversation part."""
+        if self.muted and self.phase is not Phase.CONVERSATION:
             return "muted"
         if self.phase is Phase.CLAIMING:
-            return "connecting"
+            return "listening"
         if self.phase is Phase.CONVERSATION:
             session = self.session
-            if session is not None and not session.connected:
+            if session is None or not session.connected:
                 return "connecting"
             return "speaking" if self.speaker is not None and self._model_audible() else "conversation"
-        return "listening"
+        return "idle"
 
     def _status(self) -> str:
         words = ", ".join(

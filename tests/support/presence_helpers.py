@@ -1,0 +1,188 @@
+"""Satellites for the presence and arbitration tests: the real MqttLink, Presence and Arbiter on a real broker, a
+recording controller in place of the conversation loop (the MQTT side is what those tests test), and a TCP
+relay that can cut one satellite off the broker while the test's observer stays connected.
+
+Run as `python -m tests.support.presence_helpers HOST PORT ID` it is a satellite in a process of its own that
+prints "ready" once it is online, for tests that kill it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemon.arbiter import Arbiter
+from daemon.config import Config
+from daemon.mqtt import MqttLink
+from daemon.presence import Presence, Topics
+from tests.support.broker import Broker
+
+
+@dataclass
+class RecordingController:
+    """Records what the commands asked for; `fail` makes every call raise it."""
+
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    fail: Exception | None = None
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    slow: dict[str, float] = field(default_factory=dict)  # call name → how long it takes before it is recorded
+
+    def _record(self, *call: Any) -> None:
+        self.calls.append(call)
+        self.changed.set()
+        if self.fail is not None:
+            raise self.fail
+
+    async def _work(self, name: str) -> None:
+        if name in self.slow:
+            await asyncio.sleep(self.slow[name])
+
+    async def start_conversation(self, text: str | None = None) -> None:
+        await self._work("start_conversation")
+        self._record("start_conversation", text)
+
+    async def end_conversation(self) -> None:
+        await self._work("end_conversation")
+        self._record("end_conversation")
+
+    def set_muted(self, muted: bool) -> None:
+        self._record("set_muted", muted)
+
+    async def reload(self) -> None:
+        await self._work("reload")
+        self._record("reload")
+
+    async def wait_for(self, *call: Any, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while call not in self.calls:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+def satellite_config(host: str, port: int, sid: str, client_id: str | None = None, **assistant: Any) -> Config:
+    return Config.model_validate(
+        {
+            # Each satellite needs its own client id, or the broker drops one connection for the other.
+            "mqtt": {"host": host, "port": port, "client_id": client_id or f"livehome-{sid}", "reconnect_max": "0.3s"},
+            "assistant": {"id": sid, **assistant},
+        }
+    )
+
+
+@dataclass
+class Satellite:
+    config: Config
+    link: MqttLink
+    presence: Presence
+    arbiter: Arbiter
+    controller: RecordingController
+
+    @property
+    def topics(self) -> Topics:
+        return self.presence.topics
+
+
+@contextlib.asynccontextmanager
+async def satellite(
+    broker: Broker,
+    sid: str,
+    *,
+    port: int | None = None,
+    presence: bool = True,
+    client_id: str | None = None,
+    **assistant: Any,
+) -> AsyncIterator[Satellite]:
+    """A connected satellite (through `port` instead of the broker's, e.g. a Relay); with presence=False it
+    publishes no availability, so the others do not know it is there."""
+    config = satellite_config(broker.host, port or broker.port, sid, client_id, **assistant)
+    link = MqttLink(config.mqtt, will=Presence.will(config) if presence else None)
+    controller = RecordingController()
+    pres = Presence(link, config, controller)
+    arbiter = Arbiter(link, config, report=pres.event)
+    if presence:
+        await pres.start()
+    await arbiter.start()
+    task = asyncio.create_task(link.run(), name=f"mqtt-{sid}")
+    try:
+        assert await link.wait_connected(10), f"satellite {sid} did not connect"
+        if presence:
+            await pres.flush(10)
+        yield Satellite(config, link, pres, arbiter, controller)
+    finally:
+        with contextlib.suppress(TimeoutError):
+            await pres.stop(timeout=2)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class Relay:
+    """A TCP relay in front of the broker: cut() drops every relayed connection and refuses new ones (a network
+    outage for whoever connects through it, while others stay connected); restore() lets them through again."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self.open = True
+
+    async def start(self) -> Relay:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self.open:
+            writer.close()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.broker.host, self.broker.port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+        self._writers -= {writer, up_writer}
+
+    def cut(self) -> None:
+        self.open = False
+        for w in list(self._writers):
+            w.transport.abort()
+
+    def restore(self) -> None:
+        self.open = True
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+async def _main(host: str, port: int, sid: str) -> None:
+    config = satellite_config(host, port, sid)
+    link = MqttLink(config.mqtt, will=Presence.will(config))
+    presence = Presence(link, config, RecordingController())
+    await presence.start()
+    task = asyncio.create_task(link.run())
+    if not await link.wait_connected(10):
+        sys.exit("no broker")
+    await presence.flush(10)
+    print("ready", flush=True)
+    await task
+
+
+if __name__ == "__main__":
+    asyncio.run(_main(sys.argv[1], int(sys.argv[2]), sys.argv[3]))
