@@ -16,7 +16,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench.common import Row, table  # noqa: E402
 
-BENCHES = ["tools", "live", "wake"]
+BENCHES = ["tools", "live", "wake", "start"]
 
 
 def main() -> int:

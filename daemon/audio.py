@@ -675,9 +675,13 @@ class StdinSource(AudioSource):
                 )
 
     def _read(self) -> bytes | None:
-        read = getattr(self._stream, "read1", self._stream.read)
-        data = read(FRAME_BYTES)
-        return data or None
+        # os.read on the descriptor, not the buffered reader: a thread blocked in BufferedReader.read1 holds
+        # its lock, and interpreter shutdown (SIGTERM with the pipe still open) then aborts on that lock.
+        try:
+            fd = self._stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            return getattr(self._stream, "read1", self._stream.read)(FRAME_BYTES) or None
+        return os.read(fd, FRAME_BYTES) or None
 
 
 class RetryingSource(InputStream):
