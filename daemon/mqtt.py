@@ -24,7 +24,7 @@ from typing import Any
 import aiomqtt
 
 from .config import Mqtt
-from .service import MQTT_PASSWORD_CREDENTIAL, CredentialError, read_credential, register_secret
+from .service import MQTT_PASSWORD_CREDENTIAL, CredentialError, read_credential, read_secret_file
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +79,12 @@ def read_password(settings: Mqtt) -> str | None:
         raise BrokerUnavailable(str(exc)) from None
     if password:
         return password
-    path = settings.password_file
-    if path is None:
+    if settings.password_file is None:
         return None
     try:
-        password = path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        raise BrokerUnavailable(f"mqtt.password_file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BrokerUnavailable(
-            f"cannot read mqtt.password_file {path}: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
-    register_secret(password)
-    return password
+        return read_secret_file(settings.password_file, "mqtt.password_file")
+    except CredentialError as exc:
+        raise BrokerUnavailable(str(exc)) from None
 
 
 def _tls(settings: Mqtt) -> ssl.SSLContext | None:

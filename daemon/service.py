@@ -387,3 +387,17 @@ def read_credential(name: str) -> str | None:
         return None
     register_secret(value)
     return value
+
+
+def read_secret_file(path: Path, field: str) -> str:
+    """A secret from a file the config names (gemini.api_key_file, mqtt.password_file): stripped and registered
+    for redaction. Errors name the field and the path, never the content."""
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        raise CredentialError(f"{field} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        # from None: a decode error would quote the offending bytes.
+        raise CredentialError(f"cannot read {field} {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    register_secret(value)
+    return value

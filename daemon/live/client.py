@@ -12,7 +12,7 @@ from google import genai
 from google.genai import types
 
 from ..config import Gemini
-from ..service import GEMINI_API_KEY_CREDENTIAL, CredentialError, read_credential, register_secret
+from ..service import GEMINI_API_KEY_CREDENTIAL, CredentialError, read_credential, read_secret_file, register_secret
 
 # websockets logs the handshake's request headers at DEBUG, and x-goog-api-key is one of them: whatever the
 # log levels, no DEBUG record of that logger is ever made.
@@ -33,18 +33,12 @@ def api_key(gemini: Gemini) -> str:
     if key:
         return key
     if gemini.api_key_file is not None:
-        path = gemini.api_key_file
         try:
-            key = path.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            raise SetupError(f"gemini.api_key_file {path} does not exist") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SetupError(
-                f"cannot read gemini.api_key_file {path}: {getattr(exc, 'strerror', None) or exc}"
-            ) from None
+            key = read_secret_file(gemini.api_key_file, "gemini.api_key_file")
+        except CredentialError as exc:
+            raise SetupError(str(exc)) from None
         if not key:
-            raise SetupError(f"gemini.api_key_file {path} is empty")
-        register_secret(key)
+            raise SetupError(f"gemini.api_key_file {gemini.api_key_file} is empty")
         return key
     key = os.environ.get("GEMINI_API_KEY", "").strip()
     if key:
