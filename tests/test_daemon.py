@@ -146,3 +146,54 @@ async def test_real_pyaudio_microphone_and_speaker(tmp_path: Path, broker: Broke
         voice = np.frombuffer(heard.pcm, dtype=np.int16)
         loud = np.abs(voice) > 2000
         assert loud.sum() > 24000 * 0.3  # the model's sentence came out of the virtual speaker
+
+
+async def test_voice_policy_keeps_the_microphone_open_while_the_model_speaks(tmp_path: Path, broker: Broker) -> None:
+    pcm = silence(1.0) + speech("hey jarvis, tell me a story") + silence(1.5) + speech("stop") + silence(4)
+    write_wav(tmp_path / "mic.wav", pcm)
+    scenario = tmp_path / "story.yaml"
+    scenario.write_text(STORY)
+    conversation = "idle_timeout: 1s, barge_in: voice"
+    async with running_daemon(
+        tmp_path, broker, scenario, input=str(tmp_path / "mic.wav"), conversation=conversation
+    ) as run:
+        assert await asyncio.wait_for(run.task, 60) == 0
+    run.sim.assert_clean()
+    assert run.sim.finished and not run.trace.of("barge_in")
+    [session] = run.trace.of("session_started")
+    first, second = run.sim.utterances
+    # One unbroken stream: "stop", said while the model talked, sits exactly where it was in the microphone.
+    assert_received_exactly(pcm, session["fed_from"], first)
+    assert_received_exactly(pcm, session["fed_from"], second)
+
+
+RELOAD_SCENARIO = """
+description: a conversation during which the config is reloaded
+turns:
+  - on: {speech: true}
+    steps:
+      - tool_call: {id: on-1, name: set_light, args: {room: kitchen, state: "ON"}}
+      - await_tools: [on-1]
+      - say: Done.
+      - turn_complete
+"""
+
+
+async def test_reload_during_a_conversation_applies_after_it(tmp_path: Path, broker: Broker) -> None:
+    pcm = silence(1.0) + speech("hey jarvis, turn on the kitchen light") + silence(5.0)
+    write_wav(tmp_path / "mic.wav", pcm)
+    scenario = tmp_path / "reload.yaml"
+    scenario.write_text(RELOAD_SCENARIO)
+    async with running_daemon(tmp_path, broker, scenario, input=str(tmp_path / "mic.wav")) as run:
+        await run.until(lambda: run.trace.session_of("connected"))
+        old = run.daemon.loaded
+        text = run.config_path.read_text().replace("kitchen: kitchen_ceiling", "kitchen: kitchen_spots")
+        run.config_path.write_text(text)
+        await run.daemon.reload()
+        assert run.daemon.loaded is old  # the conversation goes on with the config it started with
+        assert await asyncio.wait_for(run.task, 60) == 0
+    kinds = [k for k, _ in run.trace.daemon]
+    assert kinds.index("session_ended") < kinds.index("reloaded")
+    assert [s.json() for s in run.world.on("z2m/kitchen_ceiling/set")] == [{"state": "ON"}]  # old mapping
+    assert run.daemon.loaded is not old
+    assert "z2m/kitchen_spots/set" in run.daemon.loaded.registry.topics
