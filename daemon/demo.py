@@ -95,6 +95,9 @@ async def zigbee_light(port: int, seen: list[dict]) -> AsyncIterator[None]:
 
 
 async def demo(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
+    if not PACK.is_file():
+        print(f"livehome demo runs from a clone of the repository: {PACK} is missing", file=sys.stderr)
+        return 1
     directory = workdir or Path(tempfile.mkdtemp(prefix="livehome-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     mic, speaker = directory / "microphone.wav", directory / "speaker.wav"
