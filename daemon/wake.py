@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import math
-import os
 import re
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +23,6 @@ import numpy as np
 
 from .audio import FRAME_SAMPLES, SAMPLE_RATE, Frame, read_audio_file
 from .config import Wake
-
-# TFLite prints "INFO: Created TensorFlow Lite XNNPACK delegate" on stderr for every interpreter; keep the
-# daemon's output its own (set the variable yourself to see TFLite's messages).
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 MODEL_SUFFIXES = (".tflite", ".onnx")
 FEATURE_MODELS = ("melspectrogram", "embedding_model")
