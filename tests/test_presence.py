@@ -26,7 +26,7 @@ from daemon.presence import (
     discovery,
 )
 from tests.support.broker import Broker
-from tests.support.livestack import Live, live
+from tests.support.livestack import CANCEL_AT_ONCE, Live, live
 from tests.support.mqttworld import Seen, World, world
 from tests.support.presence_helpers import RecordingController, Relay, satellite, satellite_config
 from tests.support.waiting import eventually
@@ -183,18 +183,6 @@ async def test_a_dropped_connection_shows_connecting_and_a_reconnecting_event(tm
         [again] = events(rig.world, t, "reconnecting")
         assert again["attempt"] == 1 and "1006" in again["why"]
         assert len(events(rig.world, t, "session_started")) == 1  # a resumed connection is the same conversation
-
-
-CANCEL_AT_ONCE = """
-description: the service cancels a call in the same breath as it makes it
-turns:
-  - on: {text: true}
-    steps:
-      - tool_call: {id: scene-2, name: run_scene, args: {scene: dinner}}
-      - cancel_tools: [scene-2]
-      - say: Never mind.
-      - turn_complete
-"""
 
 
 async def test_a_cancelled_tool_call_is_an_event(tmp_path: Path, broker: Broker) -> None:

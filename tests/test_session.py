@@ -14,7 +14,7 @@ import pytest
 
 from daemon.speech import silence, synthesize
 from tests.support.broker import Broker
-from tests.support.livestack import KEY, live
+from tests.support.livestack import CANCEL_AT_ONCE, KEY, live
 
 
 @pytest.fixture(autouse=True)
@@ -81,18 +81,6 @@ async def test_barge_in_flushes_playback_cancels_the_slow_tool_and_undoes_it(tmp
         assert "scene-1" not in [r.id for r in rig.sim.tool_responses]  # a cancelled id is never answered
         rig.sim.assert_clean()
         assert rig.sim.finished  # the "stop" utterance started the next turn, which was answered
-
-
-CANCEL_AT_ONCE = """
-description: the service cancels a call in the same breath as it makes it
-turns:
-  - on: {text: true}
-    steps:
-      - tool_call: {id: scene-2, name: run_scene, args: {scene: dinner}}
-      - cancel_tools: [scene-2]
-      - say: Never mind.
-      - turn_complete
-"""
 
 
 async def test_cancellation_before_publish_publishes_nothing_and_is_not_answered(

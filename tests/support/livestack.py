@@ -42,6 +42,17 @@ tools:
 
 KEY = "sim-key-0123456789"
 
+CANCEL_AT_ONCE = """
+description: the service cancels a call in the same breath as it makes it
+turns:
+  - on: {text: true}
+    steps:
+      - tool_call: {id: scene-2, name: run_scene, args: {scene: dinner}}
+      - cancel_tools: [scene-2]
+      - say: Never mind.
+      - turn_complete
+"""
+
 
 def light_reply(topic: str, payload: Any) -> tuple[str, Any]:
     return topic.removesuffix("/set"), {"state": payload["state"], "brightness": 200}

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from daemon.localbroker import stop_process
+
 PULSEAUDIO = shutil.which("pulseaudio")
 MISSING = "pulseaudio is not installed (apt install pulseaudio libasound2-plugins)"
 
@@ -134,13 +136,7 @@ class PulseServer:
             proc.kill()
             proc.wait()
         self._keepalive.clear()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.proc = None
 
     def cleanup(self) -> None:
