@@ -85,6 +85,7 @@ class Daemon:
         self.presence: Presence | None = None
         self._key = ""
         self._client: Any = None
+        self._fed_until = 0  # stream position up to which the microphone went to the current session
         self._open_mic_until = 0.0  # the mic stays open until then, whatever the speaker plays (earcon, flush tail)
         self._session_task: asyncio.Task[None] | None = None
         self._pending: Loaded | None = None
@@ -239,6 +240,7 @@ class Daemon:
         if self.loaded.config.conversation.barge_in != "voice" and self._model_audible():
             return
         self.session.feed(frame.pcm)
+        self._fed_until = frame.end
 
     def _on_wake(self, det: Detection) -> None:
         log.info("wake word %s (score %.2f) at %.2fs", det.word, det.score, det.seconds)
@@ -253,7 +255,7 @@ class Daemon:
                 self.session.barge_in()
                 self._open_mic_until = time.monotonic() + 0.5  # the device's last block must not re-mute the user
                 stream_position = self.session.fed_samples
-                frames = self.preroll.since(start)
+                frames = self.preroll.since(max(start, self._fed_until))  # only what the mute held back
                 for frame in frames:  # what was said with the wake word, unheard so far
                     self.session.feed(frame.pcm)
                 self._emit(
@@ -299,6 +301,7 @@ class Daemon:
             frames = self.preroll.since(start)
             if frames:
                 fed_from = frames[0].position
+                self._fed_until = frames[-1].end
             for frame in frames:  # everything since just before the wake word, then live frames follow
                 session.feed(frame.pcm)
         if text:
