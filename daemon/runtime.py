@@ -394,21 +394,38 @@ class Daemon:
         self.notifier.ready(self._status())
 
     async def _apply(self, new: Loaded) -> None:
+        """Build everything the new config needs first, then swap it all in: a reload that fails part way
+        leaves the daemon entirely on the old configuration."""
         old, self._pending = self.loaded, None
+        wake = speaker = mic = None
         try:
             if new.config.wake != old.config.wake:
                 wake = await AsyncWakeDetector.create(new.config.wake)
-                if self.wake is not None:
-                    self.wake.close()
-                self.wake = wake
-            if new.config.audio != old.config.audio and not (self.options.input and self.options.output):
-                log.info("audio settings changed: reopening devices")
-                await self._reopen_audio(new)
-            self._key = api_key(new.config.gemini)
-            self._client = await asyncio.to_thread(_warm_client, new, self._key)
+            if new.config.audio != old.config.audio:
+                speaker, mic = await self._open_audio(new)
+            key = api_key(new.config.gemini)
+            client = await asyncio.to_thread(_warm_client, new, key)
         except (WakeModelError, AudioError, SetupError) as exc:
             log.error("reload failed, still running on the previous configuration: %s", exc)
+            if wake is not None:
+                wake.close()
+            for device in (speaker, mic):
+                if device is not None:
+                    await device.aclose()
             return
+        self._key, self._client = key, client
+        if wake is not None:
+            old_wake, self.wake = self.wake, wake
+            if old_wake is not None:
+                old_wake.close()
+        if speaker is not None:
+            old_speaker, self.speaker = self.speaker, speaker
+            if old_speaker is not None:
+                await old_speaker.aclose()
+        if mic is not None:  # the listener moves to the new input by itself
+            old_mic, self.mic = self.mic, mic
+            if old_mic is not None:
+                await old_mic.aclose()
         rebuild = (new.config.mqtt, new.config.assistant, new.config.tools) != (
             old.config.mqtt,
             old.config.assistant,
@@ -423,21 +440,24 @@ class Daemon:
         log.info("configuration reloaded from %s", new.path)
         self._emit("reloaded")
 
-    async def _reopen_audio(self, new: Loaded) -> None:
-        """Open the new devices first, then swap; the listener moves to the new input by itself."""
+    async def _open_audio(self, new: Loaded) -> tuple[AudioSink | None, InputStream | None]:
+        """The devices the new audio settings name (not those --input/--output override); not yet in use."""
         cfg = new.config.audio
-        if not self.options.output:
-            speaker = open_output(cfg.output, None, cfg.retry_delay)
-            await speaker.start()
-            old_speaker, self.speaker = self.speaker, speaker
-            if old_speaker is not None:
-                await old_speaker.aclose()
-        if not self.options.input:
-            mic = open_input(cfg.input, None, cfg.retry_delay)
-            await mic.start()
-            old_mic, self.mic = self.mic, mic
-            if old_mic is not None:
-                await old_mic.aclose()
+        speaker = mic = None
+        try:
+            if not self.options.output:
+                speaker = open_output(cfg.output, None, cfg.retry_delay)
+                await speaker.start()
+            if not self.options.input:
+                mic = open_input(cfg.input, None, cfg.retry_delay)
+                await mic.start()
+        except AudioError:
+            if speaker is not None:
+                await speaker.aclose()
+            raise
+        if speaker is not None or mic is not None:
+            log.info("audio settings changed: devices reopened")
+        return speaker, mic
 
     # ---- state and status ------------------------------------------------------------------------------------
 
