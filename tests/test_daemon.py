@@ -197,3 +197,22 @@ async def test_reload_during_a_conversation_applies_after_it(tmp_path: Path, bro
     assert [s.json() for s in run.world.on("z2m/kitchen_ceiling/set")] == [{"state": "ON"}]  # old mapping
     assert run.daemon.loaded is not old
     assert "z2m/kitchen_spots/set" in run.daemon.loaded.registry.topics
+
+
+async def test_a_reload_that_fails_part_way_leaves_the_old_config_whole(tmp_path: Path, broker: Broker) -> None:
+    write_wav(tmp_path / "mic.wav", silence(6.0))
+    out = tmp_path / "out.wav"
+    extra = f"audio: {{output: {{backend: wav, file: {out}}}}}\n"
+    async with running_daemon(
+        tmp_path, broker, "lights_on", input=str(tmp_path / "mic.wav"), output=None, extra=extra
+    ) as run:
+        await run.until(lambda: run.trace.of("ready"))
+        old_loaded, old_wake, old_speaker = run.daemon.loaded, run.daemon.wake, run.daemon.speaker
+        # A new wake word (which loads fine) and an output file in a folder that does not exist (which fails).
+        text = run.config_path.read_text().replace(str(out), str(tmp_path / "missing" / "out.wav"))
+        run.config_path.write_text("wake: {words: [alexa]}\n" + text)
+        await run.daemon.reload()
+        assert run.daemon.loaded is old_loaded
+        assert run.daemon.wake is old_wake and run.daemon.speaker is old_speaker
+        assert run.daemon.wake.detector.names == ["hey_jarvis"]
+        assert "reloaded" not in [k for k, _ in run.trace.daemon]
