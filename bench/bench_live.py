@@ -17,12 +17,12 @@ from google.genai import types
 
 from bench.bench_tools import raw_paho
 from bench.common import Row, percentile
-from daemon.audio import WavSink
-from daemon.config import load
+from daemon.audio.outputs import WavSink
 from daemon.live.session import LiveSession
 from daemon.live.simulator import Simulator
+from daemon.loading import load
 from daemon.localbroker import running_broker
-from daemon.toolstack import tool_stack
+from daemon.tools.stack import running_tools
 
 ROUNDS = 40
 KEY = "bench-key-0001"
@@ -80,7 +80,7 @@ async def ours(tmp: Path, broker_port: int, host: str) -> tuple[list[float], lis
 
         async with (
             aiomqtt.Client(host, broker_port) as watcher,
-            tool_stack(loaded, connect_wait=10) as (_link, engine),
+            running_tools(loaded.registry, loaded.config.mqtt, connect_wait=10) as (_link, engine),
         ):
             await watcher.subscribe("scenes/movie/run", qos=1)
 

@@ -21,11 +21,11 @@ from google import genai
 from google.genai import types
 
 from bench.common import Row, percentile
-from daemon.config import load
+from daemon.audio.speech import silence, synthesize
 from daemon.live.simulator import Simulator
+from daemon.loading import load
 from daemon.localbroker import running_broker
 from daemon.runtime import Daemon, Options
-from daemon.speech import silence, synthesize
 
 LISTEN_SECONDS = 14.0
 SETTLE = 2.0  # after start-up, before the CPU window

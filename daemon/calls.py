@@ -30,15 +30,3 @@ class CancelReport:
     # not_found | already_answered | already_cancelled | not_published | undone | no_undo | undo_skipped | undo_failed
     result: str
     detail: str = ""
-
-
-@dataclass(frozen=True)
-class EngineEvent:
-    kind: str  # call | result | duplicate | cancel
-    id: str
-    name: str
-    args: dict[str, Any] | None = None
-    outcome: str | None = None
-    latency: float | None = None
-    detail: str = ""
-    published: tuple[str, ...] = ()  # "topic payload" of each message the call sent, in order

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import sys
@@ -13,13 +12,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .config import EX_CONFIG, Loaded, json_schema, load
+from .config import EX_CONFIG
+from .loading import Loaded, json_schema, load
+from .logs import logger
 from .yamlsrc import ConfigError
 
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
 
-log = logging.getLogger("livehome")
+log = logger(__name__)
 
 
 def _load_or_exit(path: Path) -> Loaded:
@@ -72,23 +73,14 @@ def parse_call_args(pairs: Sequence[str]) -> dict[str, Any]:
 
 async def _call(loaded: Loaded, name: str, call_args: dict[str, Any], wait: float) -> int:
     from .calls import ToolCall
-    from .mqtt import MqttLink
-    from .tools.engine import Engine
+    from .tools.stack import running_tools
 
-    link = MqttLink(loaded.config.mqtt)
-    link.watch(loaded.registry.watched)
     started = time.monotonic()
-    runner = asyncio.create_task(link.run())
-    try:
-        connected = await link.wait_connected(wait)
+    async with running_tools(loaded.registry, loaded.config.mqtt, connect_wait=wait) as (link, engine):
         connect_time = time.monotonic() - started
-        if not connected:
+        if not link.connected:
             print(f"broker {link.where} not reachable within {wait:g}s ({link.last_error})", file=sys.stderr)
-        response = await Engine(loaded.registry, link).run(ToolCall("cli-1", name, call_args))
-    finally:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await runner
+        response = await engine.run(ToolCall("cli-1", name, call_args))
     assert response is not None
     print(json.dumps(response.response, indent=2, ensure_ascii=False))
     print(f"outcome: {response.outcome}, scheduling: {response.scheduling or '-'} (BLOCKING tools have none)")
@@ -156,14 +148,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
-    from .audio import format_devices, list_devices
+    from .audio.devices import format_devices, list_devices
 
     print(format_devices(list_devices()))
     return 0
 
 
 def cmd_wake_test(args: argparse.Namespace) -> int:
-    from .audio import AudioError
+    from .audio.frames import AudioError
     from .wake import WakeModelError, format_wake_test, wake_test
 
     loaded = _load_or_exit(args.config)
@@ -237,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .service import setup_logging
+    from .logs import setup_logging
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)  # the journal under systemd, readable lines on a terminal; secrets redacted

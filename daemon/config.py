@@ -1,22 +1,18 @@
-"""The configuration file: sections, defaults, and loading with every error placed at its file and line."""
+"""The configuration file's sections and their defaults: what each key means and which values it accepts.
+
+A leaf: loading the file (tool packs, tool compilation, file:line errors) is daemon.loading's job, so every layer
+can read its settings without pulling in the tool compiler."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import socket
-from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from .schema import Duration, StrictModel, problems_from_validation
-from .tools.packs import Include, expand_tools
-from .tools.registry import Registry, SpecError, compile_tool
-from .tools.spec import ToolSpec
-from .yamlsrc import ConfigError, LDict, Problem, dotted, load_yaml, locate
+from .schema import Duration, StrictModel
 
 EX_CONFIG = 78  # sysexits.h: the unit file's RestartPreventExitStatus relies on it
 
@@ -106,6 +102,15 @@ class WakeWord(StrictModel):
     def _bare_name(cls, v: Any) -> Any:
         return {"model": v} if isinstance(v, str) else v
 
+    @property
+    def is_path(self) -> bool:
+        return self.model.endswith((".tflite", ".onnx")) or "/" in self.model or "\\" in self.model
+
+    @property
+    def name(self) -> str:
+        """What detections of this word are called: the bundled model's name, or a model file's stem."""
+        return PurePath(self.model).stem if self.is_path else self.model
+
 
 class Wake(StrictModel):
     words: list[WakeWord] = Field(default_factory=lambda: [WakeWord(model="hey_jarvis")], min_length=1)
@@ -178,7 +183,9 @@ class Config(StrictModel):
     audio: Audio = Audio()
     conversation: Conversation = Conversation()
     assistant: Assistant = Assistant()
-    tools: list[ToolSpec] = Field(default_factory=list)
+    tools: list[dict[str, Any]] = Field(
+        default_factory=list, description="tools inline, and include: entries (checked by daemon.loading)"
+    )
 
     @model_validator(mode="after")
     def _client_id(self) -> Config:
@@ -188,102 +195,3 @@ class Config(StrictModel):
             mqtt = self.mqtt.model_copy(update={"client_id": f"livehome-{self.assistant.id}"})
             object.__setattr__(self, "mqtt", mqtt)
         return self
-
-
-@dataclass(frozen=True)
-class Loaded:
-    """A validated config with its tools compiled: what the daemon runs on (and what a reload swaps)."""
-
-    path: Path
-    config: Config
-    registry: Registry
-
-
-def load(path: Path) -> Loaded:
-    """Load, validate and compile. Raises ConfigError with every problem found, each at its file and line."""
-    config, raw = load_config(path)
-    tools, problems = [], []
-    for index, spec in enumerate(config.tools):
-        try:
-            tools.append(compile_tool(spec, config.assistant.room))
-        except SpecError as exc:
-            for where, message in exc.problems:
-                file, line = locate(raw, ("tools", index, *where))
-                problems.append(Problem(file, line, f"tool '{spec.name}' {dotted(where)}".rstrip(), message))
-    if problems:
-        raise ConfigError(problems)
-    return Loaded(Path(path), config, Registry(tools))
-
-
-def load_config(path: Path) -> tuple[Config, Any]:
-    """Parse, expand tool includes, validate. Returns the config and the located raw data (for later checks);
-    raises ConfigError listing every problem found with its place."""
-    path = Path(path)
-    raw = load_yaml(path)
-    if raw is None:
-        raw = LDict()
-        raw.file = str(path)
-    if not isinstance(raw, dict):
-        raise ConfigError([Problem(str(path), getattr(raw, "line", 1), "", "the config must be a mapping")])
-    problems: list[Problem] = []
-    if "tools" in raw:
-        raw["tools"] = expand_tools(raw["tools"], path.parent, problems)
-    try:
-        config = Config.model_validate(raw)
-    except ValidationError as exc:
-        problems += problems_from_validation(exc, raw, Config)
-    if problems:
-        raise ConfigError(problems)
-    return _resolve_paths(config, path.parent), raw
-
-
-def _resolve_paths(config: Config, base: Path) -> Config:
-    """Relative paths in the config are relative to the config file, not to wherever the daemon was started."""
-
-    def fix(p: Path | None) -> Path | None:
-        return p if p is None or p.is_absolute() else (base / p)
-
-    g, m, a, w = config.gemini, config.mqtt, config.audio, config.wake
-    return config.model_copy(
-        update={
-            "gemini": g.model_copy(update={"ca_file": fix(g.ca_file), "api_key_file": fix(g.api_key_file)}),
-            "mqtt": m.model_copy(
-                update={
-                    "password_file": fix(m.password_file),
-                    "tls": m.tls.model_copy(
-                        update={k: fix(getattr(m.tls, k)) for k in ("ca_file", "cert_file", "key_file")}
-                    ),
-                }
-            ),
-            "audio": a.model_copy(
-                update={
-                    "input": a.input.model_copy(update={"file": fix(a.input.file)}),
-                    "output": a.output.model_copy(update={"file": fix(a.output.file)}),
-                }
-            ),
-            "wake": w.model_copy(
-                update={
-                    "models_dir": fix(w.models_dir),
-                    "words": [
-                        ww.model_copy(update={"model": str(base / ww.model)})
-                        if ww.model.endswith((".tflite", ".onnx")) and not os.path.isabs(ww.model)
-                        else ww
-                        for ww in w.words
-                    ],
-                }
-            ),
-        }
-    )
-
-
-def json_schema() -> str:
-    """The config's JSON Schema, for editors' completion and validation of config.yaml."""
-    schema = Config.model_json_schema(mode="validation")
-    # In the file, a tools entry may also be an include (expanded before validation).
-    include = Include.model_json_schema()
-    schema.setdefault("$defs", {})["Include"] = include
-    tools = schema["properties"]["tools"]
-    tools["items"] = {"anyOf": [tools["items"], {"$ref": "#/$defs/Include"}]}
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["title"] = "livehome configuration"
-    return json.dumps(schema, indent=2)

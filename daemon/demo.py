@@ -20,11 +20,12 @@ from typing import TextIO
 
 import aiomqtt
 
-from .config import load
+from .audio.frames import output_seconds
+from .audio.speech import silence, synthesize
 from .live.simulator import Simulator
+from .loading import load
 from .localbroker import running_broker
 from .runtime import Daemon, Options
-from .speech import silence, synthesize
 from .trace import Trace
 
 UTTERANCE = "hey jarvis, turn on the kitchen light"
@@ -126,7 +127,7 @@ async def demo(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
             daemon = Daemon(loaded, Options(input=str(mic), output=str(speaker)))
             daemon.observers.append(trace)
             code = await daemon.run()
-    seconds = speaker.stat().st_size / 48000 if speaker.exists() else 0.0
+    seconds = output_seconds(speaker.stat().st_size) if speaker.exists() else 0.0
     print(f"model audio: {speaker} ({seconds:.1f} s at 24 kHz, earcons included)", file=out)
     print(f"protocol transcript: {directory / 'transcript.jsonl'}", file=out)
     problems = [str(v) for v in sim.violations]

@@ -11,32 +11,56 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from .arbiter import Arbiter
-from .audio import SAMPLE_RATE, AudioError, AudioSink, Frame, InputStream, open_input, open_output
-from .calls import EngineEvent
-from .config import EX_CONFIG, Loaded, load
-from .earcons import end_earcon, wake_earcon
+from .audio.earcons import end_earcon, wake_earcon
+from .audio.frames import SAMPLE_RATE, AudioError, Frame, output_seconds
+from .audio.inputs import InputStream, open_input
+from .audio.outputs import AudioSink, open_output
+from .config import EX_CONFIG, Config
+from .events import (
+    BargeIn,
+    Connected,
+    Connecting,
+    Event,
+    Interrupted,
+    Observer,
+    Ready,
+    Reconnecting,
+    Reloaded,
+    ReloadRefused,
+    SessionEnded,
+    SessionStarted,
+    Speaking,
+    StateChanged,
+    Stopped,
+    TurnEnded,
+    WakeHeard,
+    notify_all,
+)
 from .live.client import SetupError, api_key, make_client
 from .live.session import LiveSession, SessionResult
 from .live.setup import connect_config
-from .mqtt import MqttLink
-from .presence import Presence
+from .loading import Loaded, load
+from .logs import logger
+from .mqtt.arbiter import Arbiter
+from .mqtt.link import MqttLink
+from .mqtt.presence import Presence
 from .service import Notifier, install_signal_handlers, watchdog
 from .tools.engine import Engine
+from .tools.stack import tool_stack
 from .wake import AsyncWakeDetector, Detection, PrerollBuffer, WakeModelError
 from .yamlsrc import ConfigError
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 SHUTDOWN_SETTLE = 2.0  # SIGTERM must end the process within 5 s, tool calls included
 STATUS_EVERY = 2.0
+# Session events after which the assistant's state may have changed.
+_STATE_EVENTS = (Connecting, Connected, Reconnecting, Speaking, TurnEnded, Interrupted)
 
 
 class Phase(enum.Enum):
@@ -45,24 +69,83 @@ class Phase(enum.Enum):
     CONVERSATION = "conversation"
 
 
-class Observer(Protocol):
-    """Who watches the daemon (MQTT presence, the demo's trace): every hook is optional."""
-
-    def daemon_event(self, kind: str, data: dict[str, Any]) -> None: ...
-    def session_event(self, kind: str, data: dict[str, Any]) -> None: ...
-    def tool_event(self, event: EngineEvent) -> None: ...
-
-
-class Claimer(Protocol):
-    """Decides, with the other satellites, whether this one answers a wake word (daemon.arbiter.Arbiter)."""
-
-    async def claim(self, word: str, score: float) -> bool: ...
-
-
 @dataclass
 class Options:
     input: str | None = None  # --input -|FILE
     output: str | None = None  # --output FILE.wav|none
+
+
+@dataclass
+class Devices:
+    """What the daemon hears and speaks with; opened together at start, and swapped together by a reload."""
+
+    wake: AsyncWakeDetector
+    speaker: AudioSink
+    mic: InputStream
+
+    async def close(self, keep: Devices | None = None) -> None:
+        """Release every device, except those `keep` goes on using."""
+        if keep is None or self.mic is not keep.mic:
+            await self.mic.aclose()
+        if keep is None or self.speaker is not keep.speaker:
+            await self.speaker.aclose()
+        if keep is None or self.wake is not keep.wake:
+            self.wake.close()
+
+
+async def open_devices(config: Config, options: Options, current: tuple[Config, Devices] | None = None) -> Devices:
+    """The devices `config` asks for. With `current` (a reload), devices whose settings did not change, and those
+    --input/--output pinned, are kept. A failure closes whatever was opened here and raises: the current devices
+    are never touched, so a reload that fails part way leaves the daemon whole."""
+    old_config, old = current if current is not None else (None, None)
+    opened: list[Any] = []
+    try:
+        if old is not None and old_config is not None and config.wake == old_config.wake:
+            wake = old.wake
+        else:
+            wake = await AsyncWakeDetector.create(config.wake)
+            opened.append(wake)
+        audio_same = old_config is not None and config.audio == old_config.audio
+        audio = config.audio
+        if old is not None and (audio_same or options.output):
+            speaker = old.speaker
+        else:
+            speaker = open_output(audio.output, options.output, audio.retry_delay)
+            await speaker.start()
+            opened.append(speaker)
+        if old is not None and (audio_same or options.input):
+            mic = old.mic
+        else:
+            mic = open_input(audio.input, options.input, audio.retry_delay)
+            await mic.start()
+            opened.append(mic)
+    except BaseException:
+        for device in reversed(opened):
+            if isinstance(device, AsyncWakeDetector):
+                device.close()
+            else:
+                await device.aclose()
+        raise
+    if old is not None and (speaker is not old.speaker or mic is not old.mic):
+        log.info("audio settings changed: devices reopened")
+    return Devices(wake, speaker, mic)
+
+
+@dataclass
+class MqttSide:
+    """The daemon on the broker: the link, the tool engine publishing through it, presence and arbitration."""
+
+    link: MqttLink
+    engine: Engine
+    presence: Presence
+    arbiter: Arbiter
+    task: asyncio.Task[None]
+
+    async def stop(self, timeout: float | None = None) -> None:
+        await self.presence.stop(timeout)  # offline (retained) before a clean disconnect, which sends no will
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
 
 
 class Daemon:
@@ -70,19 +153,14 @@ class Daemon:
         self.loaded = loaded
         self.options = options or Options()
         self.notifier = notifier or Notifier()
-        self.observers: list[Any] = []
-        self.claimer: Claimer | None = None
+        self.observers: list[Observer] = []
         self.phase = Phase.LISTENING
         self.muted = False
         self.session: LiveSession | None = None
         self.sessions = 0
-        self.link: MqttLink | None = None
-        self.engine: Engine | None = None
-        self.wake: AsyncWakeDetector | None = None
-        self.mic: InputStream | None = None
-        self.speaker: AudioSink | None = None
         self.preroll = PrerollBuffer(10.0)
-        self.presence: Presence | None = None
+        self._devices: Devices | None = None
+        self._mqtt: MqttSide | None = None
         self._key = ""
         self._client: Any = None
         self._fed_until = 0  # stream position up to which the microphone went to the current session
@@ -90,9 +168,23 @@ class Daemon:
         self._session_task: asyncio.Task[None] | None = None
         self._pending: Loaded | None = None
         self._stopping = asyncio.Event()
-        self._link_task: asyncio.Task[None] | None = None
         self._last_status = ""
+        self._shown: StateChanged | None = None
         self._background: set[asyncio.Task[Any]] = set()
+
+    @property
+    def devices(self) -> Devices:
+        if self._devices is None:
+            raise RuntimeError("the daemon is not running")
+        return self._devices
+
+    @property
+    def wake(self) -> AsyncWakeDetector:
+        return self.devices.wake
+
+    @property
+    def speaker(self) -> AudioSink:
+        return self.devices.speaker
 
     def _spawn(self, coro: Any, name: str) -> None:
         """A fire-and-forget task, kept referenced until it is done (the loop holds tasks only weakly)."""
@@ -100,37 +192,24 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    # ---- observers -------------------------------------------------------------------------------------------
+    def _notify(self, event: Event) -> None:
+        hooks = [o.notify for o in self.observers]
+        if self._mqtt is not None:
+            hooks.append(self._mqtt.presence.notify)
+        notify_all(hooks, event, log)
 
-    def _observers(self) -> list[Any]:
-        return [*self.observers, self.presence] if self.presence is not None else self.observers
-
-    def _emit(self, kind: str, **data: Any) -> None:
-        for o in self._observers():
-            hook = getattr(o, "daemon_event", None)
-            if hook:
-                _safe(hook, kind, data)
-
-    def _session_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind in ("connected", "speaking", "reconnecting"):
-            self._update_status()
-        for o in self._observers():
-            hook = getattr(o, "session_event", None)
-            if hook:
-                _safe(hook, kind, data)
-
-    def _tool_event(self, event: EngineEvent) -> None:
-        for o in self._observers():
-            hook = getattr(o, "tool_event", None)
-            if hook:
-                _safe(hook, event)
+    def _on_session_event(self, event: Event) -> None:
+        self._notify(event)
+        if isinstance(event, _STATE_EVENTS):
+            self._refresh_state()
 
     # ---- start, run, stop ------------------------------------------------------------------------------------
 
     async def run(self) -> int:
         """Until SIGTERM/SIGINT (exit 0), the end of a file input (exit 0), or a config problem (exit 78)."""
         try:
-            await self._build(self.loaded)
+            self._key, self._client, self._devices = await self._prepare(self.loaded)
+            await self._start_mqtt(self.loaded)
         except (SetupError, WakeModelError, AudioError) as exc:
             log.error("cannot start: %s", exc)
             await self._teardown()
@@ -140,7 +219,8 @@ class Daemon:
         status_task = asyncio.create_task(self._status_loop(), name="status")
         self.notifier.ready(self._status())
         log.info("ready: %s", self._status())
-        self._emit("ready")
+        self._notify(Ready())
+        self._refresh_state()
         listener = asyncio.create_task(self._listen(), name="listen")
         stopper = asyncio.create_task(self._stopping.wait())
         try:
@@ -156,81 +236,63 @@ class Daemon:
                 task.cancel()
             await self._end_session("shutdown")
             remove_signals()
-            self._emit("stopped")
+            self._notify(Stopped())
             await self._teardown()
         return 0
 
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _build(self, loaded: Loaded) -> None:
-        """Everything the daemon needs to do its job; raises what makes that impossible."""
-        cfg = loaded.config
-        self._key = api_key(cfg.gemini)
-        self._client = await asyncio.to_thread(_warm_client, loaded, self._key)
-        self.wake = await AsyncWakeDetector.create(cfg.wake)
-        self.speaker = open_output(cfg.audio.output, self.options.output, cfg.audio.retry_delay)
-        await self.speaker.start()
-        self.mic = open_input(cfg.audio.input, self.options.input, cfg.audio.retry_delay)
-        await self.mic.start()
-        await self._start_tools(loaded)
+    async def _prepare(self, loaded: Loaded) -> tuple[str, Any, Devices]:
+        """The key, the Live client and the devices a config needs, used by start and reload alike; raises what
+        makes them impossible, having released whatever it opened."""
+        key = api_key(loaded.config.gemini)
+        client = await asyncio.to_thread(_warm_client, loaded, key)
+        current = (self.loaded.config, self._devices) if self._devices is not None else None
+        devices = await open_devices(loaded.config, self.options, current)
+        return key, client, devices
 
-    async def _start_tools(self, loaded: Loaded) -> None:
-        """The MQTT link, the tool engine on it, and the daemon's own presence and arbitration there."""
+    async def _start_mqtt(self, loaded: Loaded) -> None:
         cfg = loaded.config
-        self.link = MqttLink(cfg.mqtt, will=Presence.will(cfg))
-        self.link.watch(loaded.registry.watched)
-        self.engine = Engine(loaded.registry, self.link, self._tool_event)
-        self.presence = Presence(self.link, cfg, self)
-        arbiter = Arbiter(self.link, cfg, report=self.presence.event)
-        self.claimer = arbiter if cfg.assistant.arbitration.enabled else None
-        self.link.add_connect_hook(self._update_status)
-        self._link_task = asyncio.create_task(self.link.run(), name="mqtt")
-        await self.presence.start()
+        link, engine = tool_stack(loaded.registry, cfg.mqtt, self._notify, will=Presence.will(cfg))
+        presence = Presence(link, cfg, self)
+        arbiter = Arbiter(link, cfg, report=self._notify)
+        link.add_connect_hook(self._update_status)
+        task = asyncio.create_task(link.run(), name="mqtt")
+        self._mqtt = MqttSide(link, engine, presence, arbiter, task)
+        await presence.start()
         await arbiter.start()
-        await self.link.wait_attempted(2.0)  # READY's status line must say whether the broker is there
+        await link.wait_attempted(2.0)  # READY's status line must say whether the broker is there
 
-    async def _stop_tools(self, timeout: float | None = None) -> None:
-        if self.presence is not None:
-            await self.presence.stop(timeout)  # offline (retained) before a clean disconnect, which sends no will
-            self.presence = None
-        if self._link_task is not None:
-            self._link_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._link_task
-            self._link_task = None
+    async def _stop_mqtt(self, timeout: float | None = None) -> None:
+        mqtt, self._mqtt = self._mqtt, None
+        if mqtt is not None:
+            await mqtt.stop(timeout)
 
     async def _teardown(self) -> None:
-        if self.mic is not None:
-            await self.mic.aclose()
-        if self.speaker is not None:
-            await self.speaker.aclose()
-        if self.wake is not None:
-            self.wake.close()
-        await self._stop_tools(timeout=1.0)
+        if self._devices is not None:
+            await self._devices.close()
+        await self._stop_mqtt(timeout=1.0)
 
     # ---- the microphone loop ---------------------------------------------------------------------------------
 
     async def _listen(self) -> None:
         while True:
-            mic = self.mic
-            assert mic is not None
+            mic = self.devices.mic
             async for frame in mic:
                 self.preroll.append(frame)
                 if self.muted:
                     continue
                 if self.phase is Phase.CONVERSATION and self.session is not None:
                     self._forward(frame)
-                assert self.wake is not None
                 for detection in await self.wake.process(frame):
                     self._on_wake(detection)
-            if mic is self.mic:
+            if mic is self.devices.mic:
                 log.info("%s ended", mic.description)
                 return
             self.preroll.clear()  # a reload swapped the input: its positions start again
 
     def _model_audible(self) -> bool:
-        assert self.speaker is not None
         return self.speaker.playing and time.monotonic() >= self._open_mic_until
 
     def _forward(self, frame: Frame) -> None:
@@ -244,7 +306,7 @@ class Daemon:
 
     def _on_wake(self, det: Detection) -> None:
         log.info("wake word %s (score %.2f) at %.2fs", det.word, det.score, det.seconds)
-        self._emit("wake", word=det.word, score=det.score, position=det.position, seconds=det.seconds)
+        self._notify(WakeHeard(det.word, det.score, det.position, det.seconds))
         start = det.position - int(self.loaded.config.wake.preroll * SAMPLE_RATE)
         if self.phase is Phase.LISTENING:
             self._set_phase(Phase.CLAIMING)
@@ -258,16 +320,12 @@ class Daemon:
                 frames = self.preroll.since(max(start, self._fed_until))  # only what the mute held back
                 for frame in frames:  # what was said with the wake word, unheard so far
                     self.session.feed(frame.pcm)
-                self._emit(
-                    "barge_in",
-                    word=det.word,
-                    fed_from=frames[0].position if frames else None,
-                    stream_position=stream_position,
-                )
+                self._notify(BargeIn(det.word, frames[0].position if frames else None, stream_position))
 
     async def _begin(self, det: Detection, start: int) -> None:
-        if self.claimer is not None:
-            won = await self.claimer.claim(det.word, det.score)
+        mqtt = self._mqtt
+        if mqtt is not None and self.loaded.config.assistant.arbitration.enabled:
+            won = await mqtt.arbiter.claim(det.word, det.score)
             if not won:
                 log.info("another satellite answers this %s", det.word)
                 self._set_phase(Phase.LISTENING)
@@ -279,23 +337,23 @@ class Daemon:
     # ---- conversations ---------------------------------------------------------------------------------------
 
     def _open_session(self, trigger: str, start: int | None = None, text: str | None = None, word: str = "") -> None:
-        assert self.speaker is not None and self.engine is not None
+        assert self._mqtt is not None
         cfg = self.loaded.config
         session = LiveSession(
             cfg.gemini,
             cfg.conversation,
-            self.engine,
+            self._mqtt.engine,
             self.loaded.registry.declarations(),
             key=self._key,
             speaker=self.speaker,
-            observer=self._session_event,
+            observer=self._on_session_event,
             client=self._client,
             name=str(self.sessions + 1),
         )
         if cfg.conversation.earcons:
             tone = wake_earcon()
             self.speaker.play(tone)
-            self._open_mic_until = time.monotonic() + len(tone) / 48000 + 0.1
+            self._open_mic_until = time.monotonic() + output_seconds(len(tone)) + 0.1
         fed_from = None
         if start is not None:
             frames = self.preroll.since(start)
@@ -309,7 +367,7 @@ class Daemon:
         self.session = session
         self.sessions += 1
         self._set_phase(Phase.CONVERSATION)
-        self._emit("session_started", trigger=trigger, word=word, fed_from=fed_from, number=self.sessions)
+        self._notify(SessionStarted(trigger, word, fed_from, self.sessions))
         self._session_task = asyncio.create_task(self._converse(session), name=f"session-{self.sessions}")
 
     async def _converse(self, session: LiveSession) -> None:
@@ -318,18 +376,13 @@ class Daemon:
             result = await session.run()
         finally:
             self.session = None
-            assert self.speaker is not None
             if self.loaded.config.conversation.earcons and not self._stopping.is_set():
                 self.speaker.play(end_earcon())
-            if self.wake is not None:
-                await self.wake.reset()  # nothing heard during the conversation may fire afterwards
-            self._emit(
-                "session_ended",
-                reason=result.reason if result else "error",
-                detail=result.detail if result else "",
-                duration=result.duration if result else 0.0,
-                tool_calls=result.tool_calls if result else 0,
-            )
+            await self.wake.reset()  # nothing heard during the conversation may fire afterwards
+            if result is None:
+                self._notify(SessionEnded("error", "", 0.0, 0))
+            else:
+                self._notify(SessionEnded(result.reason, result.detail, result.duration, result.tool_calls))
             self._set_phase(Phase.LISTENING)
             if self._pending is not None and not self._stopping.is_set():
                 await self._apply(self._pending)
@@ -345,7 +398,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._session_task
 
-    # ---- what MQTT commands ask for (daemon.presence.Controller) ---------------------------------------------
+    # ---- what MQTT commands ask for (daemon.mqtt.commands.Controller) ----------------------------------------
 
     async def start_conversation(self, text: str | None = None) -> None:
         if self.session is not None:
@@ -362,7 +415,7 @@ class Daemon:
     def set_muted(self, muted: bool) -> None:
         self.muted = muted
         log.info("microphone %s", "muted" if muted else "unmuted")
-        self._set_phase(self.phase)
+        self._refresh_state()
 
     async def reload(self) -> None:
         await self._reload()
@@ -384,7 +437,7 @@ class Daemon:
             log.error(
                 "reload refused, still running on the previous configuration: %s", "; ".join(str(p) for p in problems)
             )
-            self._emit("reload_refused", problems=[str(p) for p in problems])
+            self._notify(ReloadRefused(tuple(str(p) for p in problems)))
         else:
             if self.phase is Phase.LISTENING:
                 await self._apply(new)
@@ -397,79 +450,36 @@ class Daemon:
         """Build everything the new config needs first, then swap it all in: a reload that fails part way
         leaves the daemon entirely on the old configuration."""
         old, self._pending = self.loaded, None
-        wake = speaker = mic = None
         try:
-            if new.config.wake != old.config.wake:
-                wake = await AsyncWakeDetector.create(new.config.wake)
-            if new.config.audio != old.config.audio:
-                speaker, mic = await self._open_audio(new)
-            key = api_key(new.config.gemini)
-            client = await asyncio.to_thread(_warm_client, new, key)
+            key, client, devices = await self._prepare(new)
         except (WakeModelError, AudioError, SetupError) as exc:
             log.error("reload failed, still running on the previous configuration: %s", exc)
-            if wake is not None:
-                wake.close()
-            for device in (speaker, mic):
-                if device is not None:
-                    await device.aclose()
             return
         self._key, self._client = key, client
-        if wake is not None:
-            old_wake, self.wake = self.wake, wake
-            if old_wake is not None:
-                old_wake.close()
-        if speaker is not None:
-            old_speaker, self.speaker = self.speaker, speaker
-            if old_speaker is not None:
-                await old_speaker.aclose()
-        if mic is not None:  # the listener moves to the new input by itself
-            old_mic, self.mic = self.mic, mic
-            if old_mic is not None:
-                await old_mic.aclose()
-        rebuild = (new.config.mqtt, new.config.assistant, new.config.tools) != (
-            old.config.mqtt,
-            old.config.assistant,
-            old.config.tools,
-        )
-        if rebuild:
-            await self._stop_tools(timeout=1.0)
-            await self._start_tools(new)
-        elif self.presence is not None:
-            self.presence.reconfigure(new.config)
+        old_devices, self._devices = self._devices, devices  # the listener moves to a new input by itself
+        if old_devices is not None:
+            await old_devices.close(keep=devices)
+        cfg, was = new.config, old.config
+        if (cfg.mqtt, cfg.assistant, cfg.tools) != (was.mqtt, was.assistant, was.tools):
+            await self._stop_mqtt(timeout=1.0)
+            await self._start_mqtt(new)
+        elif self._mqtt is not None:
+            self._mqtt.presence.reconfigure(cfg)
         self.loaded = new
         log.info("configuration reloaded from %s", new.path)
-        self._emit("reloaded")
-
-    async def _open_audio(self, new: Loaded) -> tuple[AudioSink | None, InputStream | None]:
-        """The devices the new audio settings name (not those --input/--output override); not yet in use."""
-        cfg = new.config.audio
-        speaker = mic = None
-        try:
-            if not self.options.output:
-                speaker = open_output(cfg.output, None, cfg.retry_delay)
-                await speaker.start()
-            if not self.options.input:
-                mic = open_input(cfg.input, None, cfg.retry_delay)
-                await mic.start()
-        except AudioError:
-            if speaker is not None:
-                await speaker.aclose()
-            raise
-        if speaker is not None or mic is not None:
-            log.info("audio settings changed: devices reopened")
-        return speaker, mic
+        self._notify(Reloaded())
+        self._refresh_state()
 
     # ---- state and status ------------------------------------------------------------------------------------
 
     def _set_phase(self, phase: Phase) -> None:
         self.phase = phase
-        self._emit("state", state=self.state)
-        self._update_status()
+        self._refresh_state()
 
     @property
     def state(self) -> str:
         """idle (waiting for the wake word) → listening (heard it; deciding who answers) → connecting →
-        conversation ⇄ speaking, or muted. The session's own events refine the conversation part."""
+        conversation ⇄ speaking, or muted (one of events.STATES)."""
         if self.muted and self.phase is not Phase.CONVERSATION:
             return "muted"
         if self.phase is Phase.CLAIMING:
@@ -478,14 +488,19 @@ class Daemon:
             session = self.session
             if session is None or not session.connected:
                 return "connecting"
-            return "speaking" if self.speaker is not None and self._model_audible() else "conversation"
+            return "speaking" if session.speaking else "conversation"
         return "idle"
 
+    def _refresh_state(self) -> None:
+        """Tell the observers the state whenever it, or the mute switch, changed."""
+        shown = StateChanged(self.state, self.muted)
+        if shown != self._shown:
+            self._shown = shown
+            self._notify(shown)
+        self._update_status()
+
     def _status(self) -> str:
-        words = ", ".join(
-            w.model.rsplit("/", 1)[-1].removesuffix(".tflite").removesuffix(".onnx")
-            for w in self.loaded.config.wake.words
-        )
+        words = ", ".join(w.name for w in self.loaded.config.wake.words)
         if self.muted:
             line = "microphone muted"
         elif self.phase is Phase.CONVERSATION:
@@ -496,9 +511,9 @@ class Daemon:
         else:
             line = f"listening for {words}"
         problems = []
-        if self.link is not None and not self.link.connected:
+        if self._mqtt is not None and not self._mqtt.link.connected:
             problems.append("MQTT broker unreachable, retrying")
-        if getattr(self.mic, "unavailable", False):
+        if self._devices is not None and getattr(self._devices.mic, "unavailable", False):
             problems.append("microphone unavailable, retrying")
         return "; ".join([line, *problems])
 
@@ -519,13 +534,6 @@ def _warm_client(loaded: Loaded, key: str) -> Any:
     must not be spent between the wake word and the first audio byte."""
     connect_config(loaded.config.gemini, loaded.registry.declarations())
     return make_client(loaded.config.gemini, key)
-
-
-def _safe(fn: Callable[..., Any], *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("observer %r failed", fn)
 
 
 def run(config_path: Path, options: Options) -> int:

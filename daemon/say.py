@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from .audio import NullSink, WavSink
-from .config import Loaded
+from .audio.outputs import NullSink, WavSink
 from .live.client import SetupError, api_key
 from .live.session import LiveSession
-from .toolstack import tool_stack
+from .loading import Loaded
+from .tools.stack import running_tools
 from .trace import Trace
 
 GOOD_ENDINGS = {"idle", "end_conversation", "stopped"}
@@ -30,7 +30,7 @@ async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None
     speaker = WavSink(output, paced=False) if output else NullSink()
     await speaker.start()
     try:
-        async with tool_stack(loaded, observer=trace.tool_event, connect_wait=5.0) as (link, engine):
+        async with running_tools(loaded.registry, loaded.config.mqtt, trace.notify, connect_wait=5.0) as (link, engine):
             if not link.connected:
                 trace.line(f"MQTT broker {link.where} unreachable ({link.last_error}); tool calls will fail")
             session = LiveSession(
@@ -40,7 +40,7 @@ async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None
                 loaded.registry.declarations(),
                 key=key,
                 speaker=speaker,
-                observer=trace.session_event,
+                observer=trace.notify,
             )
             trace.line(f"you (typed): {text}")
             session.send_text(text)

@@ -21,8 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from .audio import FRAME_SAMPLES, SAMPLE_RATE, Frame, read_audio_file
-from .config import Wake
+from .audio.frames import FRAME_SAMPLES, SAMPLE_RATE, Frame
+from .audio.inputs import read_audio_file
+from .config import Wake, WakeWord
 
 MODEL_SUFFIXES = (".tflite", ".onnx")
 FEATURE_MODELS = ("melspectrogram", "embedding_model")
@@ -71,15 +72,11 @@ def available_models(models_dir: Path | None = None) -> dict[str, Path]:
     return found
 
 
-def _is_path(model: str) -> bool:
-    return model.endswith(MODEL_SUFFIXES) or "/" in model or "\\" in model
-
-
 def resolve_model(model: str, models_dir: Path | None = None, where: str = "wake.words[].model") -> Path:
     """The file for a model name (searched in `search_dirs`) or an explicit .tflite/.onnx path."""
     if models_dir is not None and not Path(models_dir).is_dir():
         raise WakeModelError(f"wake.models_dir: {models_dir} is not a directory")
-    if _is_path(model):
+    if WakeWord(model=model).is_path:
         path = Path(model).expanduser()
         if path.suffix not in MODEL_SUFFIXES:
             raise WakeModelError(f"{where}: {model} is neither a .tflite nor an .onnx model")
@@ -179,8 +176,7 @@ class WakeDetector:
         for i, ww in enumerate(settings.words):
             where = f"wake.words[{i}].model"
             path = resolve_model(ww.model, settings.models_dir, where)
-            name = path.stem if _is_path(ww.model) else ww.model
-            word = _Word(name=name, key=path.stem, path=path, threshold=ww.threshold)
+            word = _Word(name=ww.name, key=path.stem, path=path, threshold=ww.threshold)
             if any(w.key == word.key or w.name == word.name for w in words):
                 raise WakeModelError(f"{where}: '{word.name}' is configured twice")
             words.append(word)

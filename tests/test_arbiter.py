@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from daemon.arbiter import arbitration_topic
+from daemon.mqtt.topics import arbitration_topic
 from tests.support.broker import Broker
 from tests.support.mqttworld import World, world
 from tests.support.presence_helpers import Satellite, satellite
@@ -185,7 +185,7 @@ async def test_disabled_arbitration_publishes_nothing(broker: Broker) -> None:
 async def test_bad_claims_are_ignored_with_a_warning_naming_the_field(
     broker: Broker, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="daemon.arbiter")
+    caplog.set_level(logging.WARNING, logger="livehome.mqtt.arbiter")
     async with world(broker) as w, satellites(broker, "x1", "x2") as (x1, x2):
         assert arbitration_topic(x1.config) == TOPIC
         bad = [
@@ -202,7 +202,7 @@ async def test_bad_claims_are_ignored_with_a_warning_naming_the_field(
         await w.fence(x2.link)
         won = await asyncio.gather(x1.arbiter.claim("alexa", 0.2), x2.arbiter.claim("alexa", 0.3))
         assert won == [False, True]  # none of the bad claims took part
-        text = "\n".join(r.getMessage() for r in caplog.records if r.name == "daemon.arbiter")
+        text = "\n".join(r.getMessage() for r in caplog.records if r.name == "livehome.mqtt.arbiter")
         for field in (
             "not JSON",
             "not a JSON object",
@@ -215,7 +215,7 @@ async def test_bad_claims_are_ignored_with_a_warning_naming_the_field(
 
 
 async def test_two_satellites_with_one_id_are_reported(broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="daemon.arbiter")
+    caplog.set_level(logging.WARNING, logger="livehome.mqtt.arbiter")
     async with (
         satellite(broker, "twin") as a,
         satellite(broker, "twin", presence=False, client_id="livehome-twin-2"),

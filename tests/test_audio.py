@@ -18,29 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.audio import (
-    FRAME_BYTES,
-    FRAME_SAMPLES,
-    AudioDeviceError,
-    AudioError,
-    AudioSource,
-    DeviceInfo,
-    FileSource,
-    Frame,
-    NullSink,
-    PyAudioSink,
-    PyAudioSource,
-    RetryingSource,
-    StdinSource,
-    WavSink,
-    format_devices,
-    list_devices,
-    open_input,
-    open_output,
-)
+from daemon.audio.devices import DeviceInfo, format_devices, list_devices
+from daemon.audio.earcons import end_earcon, wake_earcon
+from daemon.audio.frames import FRAME_BYTES, FRAME_SAMPLES, AudioDeviceError, AudioError, Frame
+from daemon.audio.inputs import AudioSource, FileSource, PyAudioSource, RetryingSource, StdinSource, open_input
+from daemon.audio.outputs import NullSink, PyAudioSink, WavSink, open_output
+from daemon.audio.speech import silence
 from daemon.config import AudioInput, AudioOutput
-from daemon.earcons import end_earcon, wake_earcon
-from daemon.speech import silence
 from tests.support.pulse import MISSING, PULSEAUDIO, PulseServer, running_pulse
 from tests.support.speech_files import align, pcm16, read_wav, rms, speech, tone, write_wav
 
@@ -164,7 +148,9 @@ def test_no_sound_card_at_all_is_a_clear_error(tmp_path: Path) -> None:
     )
     script = (
         "import asyncio\n"
-        "from daemon.audio import PyAudioSource, AudioDeviceError, list_devices\n"
+        "from daemon.audio.inputs import PyAudioSource\n"
+        "from daemon.audio.frames import AudioDeviceError\n"
+        "from daemon.audio.devices import list_devices\n"
         "print(len(list_devices()))\n"
         "try:\n"
         "    asyncio.run(PyAudioSource().start())\n"
@@ -184,7 +170,7 @@ def test_no_sound_card_at_all_is_a_clear_error(tmp_path: Path) -> None:
 
 @needs_pulse
 async def test_retrying_input_survives_the_sound_server_going_away(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.audio")
+    caplog.set_level(logging.INFO, logger="livehome.audio")
     with running_pulse() as server:
         source = RetryingSource(PyAudioSource, retry_delay=0.1)
         async with source:
@@ -245,7 +231,7 @@ async def test_flush_silences_the_speaker(pulse: PulseServer) -> None:
 
 @needs_pulse
 async def test_output_survives_the_sound_server_going_away(caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.audio")
+    caplog.set_level(logging.INFO, logger="livehome.audio")
     said = speech("the light is on", 24000)
     with running_pulse() as server:
         sink = PyAudioSink(retry_delay=0.1)
@@ -300,7 +286,7 @@ async def test_a_stereo_44k_wav_is_downmixed_and_resampled(tmp_path: Path) -> No
 async def test_end_of_file_ends_the_stream_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="daemon.audio")
+    caplog.set_level(logging.INFO, logger="livehome.audio")
     raw = tmp_path / "short.raw"
     raw.write_bytes(silence(0.5))
     source = FileSource(raw, realtime=False)
@@ -420,7 +406,7 @@ def test_input_dash_reads_stdin_of_the_process() -> None:
     pcm = speech(SENTENCE)
     script = (
         "import asyncio, hashlib\n"
-        "from daemon.audio import open_input\n"
+        "from daemon.audio.inputs import open_input\n"
         "from daemon.config import AudioInput\n"
         "async def main():\n"
         "    source = open_input(AudioInput(), '-')\n"

@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-from daemon.config import EX_CONFIG, load
+from daemon.config import EX_CONFIG
+from daemon.loading import load
 from daemon.tools.registry import ArgumentError
 from daemon.yamlsrc import ConfigError
 from tests.support.broker import Broker

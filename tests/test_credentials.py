@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from daemon.calls import ToolCall
-from daemon.config import Gemini, load
+from daemon.config import Gemini
+from daemon.credentials import clear_secrets
 from daemon.live.client import SetupError, api_key
 from daemon.live.simulator import make_tls_files
-from daemon.service import clear_secrets
-from daemon.toolstack import tool_stack
+from daemon.loading import load
+from daemon.tools.stack import running_tools
 from tests.support.broker import Broker
 
 PASSWORD = "s3cret-mqtt-pass-7781"
@@ -92,7 +93,7 @@ async def test_tls_and_password_from_a_systemd_credential(
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     caplog.set_level(logging.DEBUG)
     loaded = load(secure_config(tmp_path, broker, ca))
-    async with tool_stack(loaded, connect_wait=10) as (link, engine):
+    async with running_tools(loaded.registry, loaded.config.mqtt, connect_wait=10) as (link, engine):
         assert link.connected, link.last_error
         resp = await engine.run(ToolCall("t1", "plug", {"state": "ON"}))
         assert resp is not None and resp.outcome == "success"
@@ -107,7 +108,7 @@ async def test_wrong_password_fails_fast_and_clearly_without_echoing_it(
     (tmp_path / "pw").write_text(wrong)
     caplog.set_level(logging.DEBUG)
     loaded = load(secure_config(tmp_path, broker, ca, "  password_file: pw\n"))
-    async with tool_stack(loaded, connect_wait=1) as (link, engine):
+    async with running_tools(loaded.registry, loaded.config.mqtt, connect_wait=1) as (link, engine):
         assert not link.connected
         resp = await engine.run(ToolCall("t1", "plug", {"state": "ON"}))
         assert resp is not None and resp.outcome == "error"
@@ -122,6 +123,6 @@ async def test_untrusted_broker_certificate_is_refused(tmp_path: Path, secure_br
     other_ca, _, _ = make_tls_files(tmp_path / "other", ("127.0.0.1",))
     (tmp_path / "pw").write_text(PASSWORD)
     loaded = load(secure_config(tmp_path, broker, other_ca, "  password_file: pw\n"))
-    async with tool_stack(loaded, connect_wait=1) as (link, _engine):
+    async with running_tools(loaded.registry, loaded.config.mqtt, connect_wait=1) as (link, _engine):
         assert not link.connected
         assert "certificate" in link.last_error.lower()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.speech import silence
+from daemon.audio.speech import silence
 from tests.support.broker import Broker
 from tests.support.daemonrig import running_daemon
 from tests.support.pulse import MISSING, PULSEAUDIO, running_pulse

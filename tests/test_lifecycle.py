@@ -20,9 +20,9 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from daemon.audio.speech import silence
 from daemon.config import EX_CONFIG
 from daemon.live.simulator import Simulator
-from daemon.speech import silence
 from tests.support.broker import Broker, running_broker
 from tests.support.daemonproc import WatchedBroker, daemon_process
 from tests.support.livestack import KEY, TOOLS

@@ -14,21 +14,28 @@ from typing import Any
 
 import pytest
 
-from daemon import service
-from daemon.calls import EngineEvent
-from daemon.config import load
-from daemon.presence import (
-    EVENT_TYPES,
-    MAX_SAY_CHARS,
+from daemon import credentials
+from daemon.audio.speech import silence
+from daemon.events import (
     STATES,
-    Presence,
-    Topics,
-    discovery,
+    ReloadRefused,
+    SessionEnded,
+    SessionStarted,
+    StateChanged,
+    ToolFinished,
+    ToolStarted,
+    WakeHeard,
 )
+from daemon.mqtt.commands import MAX_SAY_CHARS
+from daemon.mqtt.discovery import discovery
+from daemon.mqtt.presence import Presence
+from daemon.mqtt.topics import EVENT_TYPES, Topics
 from tests.support.broker import Broker
-from tests.support.livestack import CANCEL_AT_ONCE, Live, live
+from tests.support.daemonrig import Running, running_daemon
+from tests.support.livestack import CANCEL_AT_ONCE
 from tests.support.mqttworld import Seen, World, world
 from tests.support.presence_helpers import RecordingController, Relay, satellite, satellite_config
+from tests.support.speech_files import speech, write_wav
 from tests.support.waiting import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -95,7 +102,8 @@ async def test_a_clean_stop_publishes_offline_retained(broker: Broker) -> None:
 
 async def test_late_subscriber_sees_availability_state_and_discovery(broker: Broker) -> None:
     async with satellite(broker, "kitchen", room="Kitchen", discovery_prefix=HA) as sat:
-        sat.presence.on_wake("hey_jarvis", 0.8731)
+        sat.presence.notify(WakeHeard("hey_jarvis", 0.8731, 16000, 1.0))
+        sat.presence.notify(StateChanged("listening", False))
         sat.presence.event("error", message="not retained")
         await sat.presence.flush(10)
         expected = set(discovery(sat.config))
@@ -120,26 +128,28 @@ async def test_late_subscriber_sees_availability_state_and_discovery(broker: Bro
 # ---- state and events from real conversations -----------------------------------------------------------------
 
 
-def attach(rig: Live) -> Presence:
-    """Presence on the rig's own link, observing its real session and engine."""
-    config = load(rig.config_path).config
-    presence = Presence(rig.link, config, RecordingController())
-    rig.engine.observer = presence.on_tool_event
-    rig.session.observer = lambda kind, data: (rig.events.append((kind, data)), presence.on_session_event(kind, data))
-    return presence
+def topics_of(run: Running) -> Topics:
+    return Topics.of(run.daemon.loaded.config)
+
+
+async def conversation_by_command(tmp_path: Path, broker: Broker, scenario: str | Path, text: str, **kw: Any):
+    """The real daemon on a silent microphone, a conversation started as the `say` command starts it."""
+    write_wav(tmp_path / "mic.wav", silence(8.0))
+    async with running_daemon(tmp_path, broker, scenario, input=str(tmp_path / "mic.wav"), **kw) as run:
+        await run.until(lambda: run.trace.of("ready"))
+        await run.daemon.start_conversation(text)
+        await run.until(lambda: run.trace.of("session_ended"))
+        run.daemon.stop()
+        assert await asyncio.wait_for(run.task, 30) == 0
+    return run
 
 
 async def test_state_and_events_follow_a_real_conversation(tmp_path: Path, broker: Broker) -> None:
-    async with live(tmp_path, broker, "lights_on") as rig:
-        presence = attach(rig)
-        await presence.start()
-        presence.on_wake("hey_jarvis", 0.91)
-        rig.session.send_text("turn on the kitchen light")
-        result = await asyncio.wait_for(rig.session.run(), 30)
-        assert result.reason == "idle"
-        await settle(presence, rig.world)
-        t = presence.topics
-        assert states(rig.world, t) == [
+    write_wav(tmp_path / "mic.wav", silence(1.0) + speech("hey jarvis, turn on the kitchen light") + silence(4.0))
+    async with running_daemon(tmp_path, broker, "lights_on", input=str(tmp_path / "mic.wav")) as run:
+        assert await asyncio.wait_for(run.task, 60) == 0
+        t = topics_of(run)
+        assert states(run.world, t) == [
             "idle",
             "listening",
             "connecting",
@@ -148,9 +158,9 @@ async def test_state_and_events_follow_a_real_conversation(tmp_path: Path, broke
             "conversation",
             "idle",
         ]
-        kinds = [e["event_type"] for e in events(rig.world, t)]
+        kinds = [e["event_type"] for e in events(run.world, t)]
         assert kinds == ["wake", "session_started", "tool_call", "session_ended"]
-        [call] = events(rig.world, t, "tool_call")
+        [call] = events(run.world, t, "tool_call")
         assert (call["id"], call["name"], call["args"], call["outcome"]) == (
             "light-1",
             "set_light",
@@ -158,64 +168,49 @@ async def test_state_and_events_follow_a_real_conversation(tmp_path: Path, broke
             "success",
         )
         assert call["latency"] > 0
-        [ended] = events(rig.world, t, "session_ended")
+        [ended] = events(run.world, t, "session_ended")
         assert (ended["reason"], ended["tool_calls"]) == ("idle", 1) and ended["duration"] > 0
-        [last] = rig.world.on(t.last_tool)
+        [last] = run.world.on(t.last_tool)
         assert last.json()["name"] == "set_light" and last.json()["outcome"] == "success"
-        async with world(broker) as late:  # what HA shows after its own restart
-            seen = await late.wait_for(lambda s: s.topic == t.last_tool)
-            assert seen.retain and seen.json()["id"] == "light-1"
+    async with world(broker) as late:  # what HA shows after its own restart
+        seen = await late.wait_for(lambda s: s.topic == t.last_tool)
+        assert seen.retain and seen.json()["id"] == "light-1"
 
 
 async def test_a_dropped_connection_shows_connecting_and_a_reconnecting_event(tmp_path: Path, broker: Broker) -> None:
     slow_kitchen = {"z2m/kitchen_ceiling/set": 0.6}
-    async with live(tmp_path, broker, "drop_and_resume", delays=slow_kitchen) as rig:
-        presence = attach(rig)
-        await presence.start()
-        rig.session.send_text("turn on the kitchen light")
-        await asyncio.wait_for(rig.session.run(), 30)
-        await settle(presence, rig.world)
-        t = presence.topics
-        seq = states(rig.world, t)
-        assert seq[:3] == ["idle", "connecting", "conversation"]
-        assert seq[3:5] == ["connecting", "conversation"]  # the drop, then the resumed connection
-        assert seq[-1] == "idle"
-        [again] = events(rig.world, t, "reconnecting")
-        assert again["attempt"] == 1 and "1006" in again["why"]
-        assert len(events(rig.world, t, "session_started")) == 1  # a resumed connection is the same conversation
+    run = await conversation_by_command(
+        tmp_path, broker, "drop_and_resume", "turn on the kitchen light", delays=slow_kitchen
+    )
+    t = topics_of(run)
+    seq = states(run.world, t)
+    assert seq[:3] == ["idle", "connecting", "conversation"]
+    assert seq[3:5] == ["connecting", "conversation"]  # the drop, then the resumed connection
+    assert seq[-1] == "idle"
+    [again] = events(run.world, t, "reconnecting")
+    assert again["attempt"] == 1 and "1006" in again["why"]
+    assert len(events(run.world, t, "session_started")) == 1  # a resumed connection is the same conversation
 
 
 async def test_a_cancelled_tool_call_is_an_event(tmp_path: Path, broker: Broker) -> None:
     scenario = tmp_path / "cancel.yaml"
     scenario.write_text(CANCEL_AT_ONCE)
-    async with live(tmp_path, broker, scenario) as rig:
-        presence = attach(rig)
-        await presence.start()
-        rig.session.send_text("dinner scene")
-        await asyncio.wait_for(rig.session.run(), 30)
-        await settle(presence, rig.world)
-        [cancelled] = events(rig.world, presence.topics, "cancelled")
-        assert (cancelled["id"], cancelled["name"], cancelled["result"]) == ("scene-2", "run_scene", "not_published")
-        assert events(rig.world, presence.topics, "tool_call") == []
+    run = await conversation_by_command(tmp_path, broker, scenario, "dinner scene")
+    t = topics_of(run)
+    [cancelled] = events(run.world, t, "cancelled")
+    assert (cancelled["id"], cancelled["name"], cancelled["result"]) == ("scene-2", "run_scene", "not_published")
+    assert events(run.world, t, "tool_call") == []
 
 
-async def test_interruption_ends_speaking_and_duplicates_are_not_republished(broker: Broker) -> None:
+async def test_states_are_published_as_the_daemon_reports_them_and_never_twice(broker: Broker) -> None:
     async with world(broker) as w, satellite(broker, "hall") as sat:
         p = sat.presence
-        # What LiveSession emits when the user talks over the model (see test_session's barge-in test).
-        for kind, data in [
-            ("connecting", {"resumed": False}),
-            ("connected", {"resumed": False, "connection": 1}),
-            ("speaking", {}),
-            ("speaking", {}),
-            ("interrupted", {"dropped_bytes": 48000}),
-            ("transcript", {"who": "user", "text": "stop"}),
-            ("speaking", {}),
-            ("transcript", {"who": "model", "text": "Okay, I stopped it."}),
-            ("ended", {"reason": "fatal", "detail": "Gemini closed the session for good", "duration": 4.2}),
-        ]:
-            p.on_session_event(kind, data)
-        p.set_state("idle")  # the loop saying what Presence already published
+        # What the daemon reports when the user talks over the model (see test_daemon's barge-in test).
+        for state in ["connecting", "conversation", "speaking", "speaking", "conversation", "speaking", "conversation"]:
+            p.notify(StateChanged(state, False))
+        p.notify(SessionEnded("fatal", "Gemini closed the session for good", 4.2, 0))
+        p.notify(StateChanged("idle", False))
+        p.notify(StateChanged("idle", False))  # the loop saying what Presence already published
         await settle(p, w)
         expected = [
             "idle",
@@ -232,24 +227,21 @@ async def test_interruption_ends_speaking_and_duplicates_are_not_republished(bro
         assert error["message"] == "conversation ended: fatal: Gemini closed the session for good"
 
 
-async def test_daemon_observer_hooks(broker: Broker) -> None:
-    """The names daemon.runtime's Observer protocol uses: its session bookkeeping and the session's own do not
-    double the events."""
+async def test_daemon_events_become_mqtt_events(broker: Broker) -> None:
     async with world(broker) as w, satellite(broker, "study") as sat:
         p = sat.presence
-        p.daemon_event("wake", {"word": "alexa", "score": 0.7, "position": 1280, "seconds": 0.08})
-        p.daemon_event("state", {"state": "connecting"})
-        p.daemon_event("session_started", {"trigger": "wake", "word": "alexa", "fed_from": 0, "number": 1})
-        p.session_event("connecting", {"resumed": False})
-        p.session_event("connected", {"resumed": False, "connection": 1})
-        p.tool_event(EngineEvent("call", "c1", "plug", {"state": "ON"}))
-        p.tool_event(EngineEvent("result", "c1", "plug", {"state": "ON"}, "error", 0.0123, "no such plug"))
-        p.session_event("ended", {"reason": "idle", "detail": "nothing said for 8s", "duration": 9.5})
-        p.daemon_event("session_ended", {"reason": "idle", "detail": "", "duration": 9.6, "tool_calls": 1})
-        p.daemon_event("reload_refused", {"problems": ["config.yaml:3: gemini.model: bad"]})
-        p.daemon_event("state", {"state": "no-such-state"})  # logged, not raised
-        p.daemon_event("state", {"state": "muted"})  # a mute from elsewhere (a button on the satellite)
-        p.daemon_event("state", {"state": "idle"})
+        p.notify(WakeHeard("alexa", 0.7, 1280, 0.08))
+        p.notify(StateChanged("listening", False))
+        p.notify(StateChanged("connecting", False))
+        p.notify(SessionStarted("wake", "alexa", 0, 1))
+        p.notify(StateChanged("conversation", False))
+        p.notify(ToolStarted("c1", "plug", {"state": "ON"}))
+        p.notify(ToolFinished("c1", "plug", {"state": "ON"}, "error", 0.0123, "no such plug"))
+        p.notify(SessionEnded("idle", "", 9.6, 1))
+        p.notify(StateChanged("idle", False))
+        p.notify(ReloadRefused(("config.yaml:3: gemini.model: bad",)))
+        p.notify(StateChanged("muted", True))  # a mute from elsewhere (a button on the satellite)
+        p.notify(StateChanged("idle", False))
         await settle(p, w)
         assert [s.json()["muted"] for s in w.on(sat.topics.state)][-2:] == [True, False]
         kinds = [e["event_type"] for e in events(w, sat.topics)]
@@ -268,8 +260,6 @@ def test_unknown_states_and_events_are_programming_errors() -> None:
         p.set_state("thinking")
     with pytest.raises(ValueError, match="event kind must be one of"):
         p.event("sneezed")
-    with pytest.raises(ValueError, match="muted"):
-        p.set_state("idle", muted=True)
 
 
 # ---- commands ------------------------------------------------------------------------------------------------
@@ -380,7 +370,7 @@ async def test_a_failing_controller_is_reported_and_later_commands_still_run(bro
 
 async def test_secrets_never_reach_mqtt(broker: Broker) -> None:
     secret = "AIzaSy-TEST-not-a-real-key-0123456789"
-    service.register_secret(secret)
+    credentials.register_secret(secret)
     try:
         async with world(broker) as w, satellite(broker, "vault") as sat:
             sat.controller.fail = RuntimeError(f"the service refused key {secret}")
@@ -389,7 +379,7 @@ async def test_secrets_never_reach_mqtt(broker: Broker) -> None:
             assert seen.json()["message"] == "the service refused key ***"
             assert secret.encode() not in b"".join(s.payload for s in w.seen)
     finally:
-        service.clear_secrets()
+        credentials.clear_secrets()
 
 
 # ---- Home Assistant discovery --------------------------------------------------------------------------------
@@ -463,14 +453,14 @@ async def test_discovery_templates_render_against_what_is_published(broker: Brok
     async with world(broker) as w, satellite(broker, "bath", discovery_prefix=HA) as sat:
         cfg = {c["unique_id"]: c for c in (json.loads(json.dumps(p)) for p in discovery(sat.config).values())}
         state, mute, last = cfg["livehome_bath_state"], cfg["livehome_bath_mute"], cfg["livehome_bath_last_tool"]
-        sat.presence.set_muted(True)
-        sat.presence.on_tool_event(EngineEvent("result", "t1", "set_light", {"room": "bath"}, "success", 0.2))
+        sat.presence.notify(StateChanged("muted", True))
+        sat.presence.notify(ToolFinished("t1", "set_light", {"room": "bath"}, "success", 0.2))
         await settle(sat.presence, w)
         latest = w.on(sat.topics.state)[-1]
         assert render(state, latest) == "muted" and render(state, latest) in state["options"]
         assert render(mute, latest) == mute["state_on"]
         assert render(last, w.on(sat.topics.last_tool)[-1]) == "set_light"
-        sat.presence.set_muted(False)
+        sat.presence.notify(StateChanged("idle", False))
         await settle(sat.presence, w)
         latest = w.on(sat.topics.state)[-1]
         assert render(mute, latest) == mute["state_off"] and render(state, latest) == "idle"
@@ -532,12 +522,12 @@ async def test_outage_drops_updates_never_queues_them_and_reannounces_the_latest
             # The broker sees the connection die without a DISCONNECT: the will marks the satellite offline.
             await w.wait_for(lambda s: s.topic == sat.topics.availability and s.payload == b"offline")
             await eventually(lambda: not sat.link.connected, what="the link to notice the outage")
-            caplog.set_level(logging.WARNING, logger="daemon.presence")
+            caplog.set_level(logging.WARNING, logger="livehome.mqtt.presence")
             p.set_state("connecting")
             p.event("error", message="lost during the outage")
             p.set_state("conversation")
-            p.on_tool_event(EngineEvent("result", "x1", "plug", {}, "success", 0.1))
-            dropped = [r for r in caplog.records if r.name == "daemon.presence"]
+            p.notify(ToolFinished("x1", "plug", {}, "success", 0.1))
+            dropped = [r for r in caplog.records if r.name == "livehome.mqtt.presence"]
             assert len(dropped) == 1 and "dropped" in dropped[0].getMessage()  # once per outage
             relay.restore()
             avail = sat.topics.availability

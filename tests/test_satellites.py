@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.config import load
+from daemon.audio.speech import silence
 from daemon.live.simulator import Simulator
+from daemon.loading import load
 from daemon.runtime import Daemon, Options
-from daemon.speech import silence
 from tests.support.broker import Broker
 from tests.support.daemonrig import Trace, config_text, running_daemon
 from tests.support.livestack import KEY, light_reply

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 from systemd.journal import JournalHandler
 
-from daemon import service
+from daemon import credentials as cred
+from daemon import logs, service
 from tests.support.notify import NotifySocket
 
 SERVICE_ENV = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "CREDENTIALS_DIRECTORY")
@@ -34,9 +35,9 @@ def clean_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     root = logging.getLogger()
     handlers, level, factory = root.handlers[:], root.level, logging.getLogRecordFactory()
-    noisy = {name: logging.getLogger(name).level for name in service.NOISY_LOGGERS}
+    noisy = {name: logging.getLogger(name).level for name in logs.NOISY_LOGGERS}
     yield
-    service.clear_secrets()
+    cred.clear_secrets()
     for h in root.handlers[:]:
         if h not in handlers:
             root.removeHandler(h)
@@ -54,7 +55,7 @@ def notify() -> Iterator[NotifySocket]:
 
 
 def service_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "daemon.service" and r.levelno >= logging.WARNING]
+    return [r for r in caplog.records if r.name == "livehome.service" and r.levelno >= logging.WARNING]
 
 
 # ---------------------------------------------------------------------------------------------- Notifier
@@ -278,27 +279,27 @@ def test_journal_handler_only_when_journal_stream_is_our_stderr(
 ) -> None:
     with open(tmp_path / "stderr", "w") as ours, open(tmp_path / "other", "w") as other:
         monkeypatch.setenv("JOURNAL_STREAM", _stream_id(ours))
-        assert isinstance(service.setup_logging(False, stream=ours), JournalHandler)
+        assert isinstance(logs.setup_logging(False, stream=ours), JournalHandler)
 
         # Inherited by a process whose stderr went elsewhere: not the journal.
         monkeypatch.setenv("JOURNAL_STREAM", _stream_id(other))
-        handler = service.setup_logging(False, stream=ours)
+        handler = logs.setup_logging(False, stream=ours)
         assert not isinstance(handler, JournalHandler)
-        assert isinstance(handler.formatter, service.ReadableFormatter)
+        assert isinstance(handler.formatter, logs.ReadableFormatter)
 
         for value in ("", "garbage", "1:"):
             monkeypatch.setenv("JOURNAL_STREAM", value)
-            assert not isinstance(service.setup_logging(False, stream=ours), JournalHandler)
+            assert not isinstance(logs.setup_logging(False, stream=ours), JournalHandler)
         monkeypatch.delenv("JOURNAL_STREAM")
-        assert not isinstance(service.setup_logging(False, stream=ours), JournalHandler)
-        assert not isinstance(service.setup_logging(False, stream=io.StringIO()), JournalHandler)
+        assert not isinstance(logs.setup_logging(False, stream=ours), JournalHandler)
+        assert not isinstance(logs.setup_logging(False, stream=io.StringIO()), JournalHandler)
 
     # Idempotent: one handler of ours however often it is called.
     assert sum(getattr(h, "_livehome", False) for h in logging.getLogger().handlers) == 1
 
 
 def test_journal_detection_uses_the_real_stderr_of_a_child(tmp_path: Path) -> None:
-    code = "import logging; from daemon import service; print(type(service.setup_logging(False)).__name__)"
+    code = "import logging; from daemon import logs; print(type(logs.setup_logging(False)).__name__)"
     for matching in (True, False):
         err_path = tmp_path / f"stderr-{matching}"
         with open(err_path, "w") as err, open(tmp_path / "decoy", "w") as decoy:
@@ -329,7 +330,7 @@ def _journal_capture(
     here); everything before the transport, including the field assembly, is the real JournalHandler."""
     sent: list[dict[str, Any]] = []
     monkeypatch.setenv("JOURNAL_STREAM", _stream_id(stderr))
-    handler = service.setup_logging(verbose, stream=stderr)
+    handler = logs.setup_logging(verbose, stream=stderr)
     assert isinstance(handler, JournalHandler)
 
     def capture(message: str, /, **fields: Any) -> None:
@@ -343,7 +344,7 @@ def test_journal_entries_carry_identifier_priority_and_structured_fields(
     monkeypatch: pytest.MonkeyPatch, journal_stderr: io.TextIOWrapper
 ) -> None:
     sent = _journal_capture(monkeypatch, journal_stderr)
-    log = logging.getLogger("daemon.tools.engine")
+    log = logging.getLogger("livehome.tools.engine")
     log.warning("tool %s failed", "light_on", extra={"TOOL": "light_on", "CALL_ID": "c-17", "SESSION": "s-3"})
     log.debug("invisible at info level")
     (entry,) = sent
@@ -351,13 +352,13 @@ def test_journal_entries_carry_identifier_priority_and_structured_fields(
     assert entry["SYSLOG_IDENTIFIER"] == "livehome"
     assert entry["PRIORITY"] == "4"
     assert (entry["TOOL"], entry["CALL_ID"], entry["SESSION"]) == ("light_on", "c-17", "s-3")
-    assert entry["LOGGER"] == "daemon.tools.engine"
+    assert entry["LOGGER"] == "livehome.tools.engine"
 
 
 def test_stderr_lines_are_readable_with_fields_appended(monkeypatch: pytest.MonkeyPatch) -> None:
     out = io.StringIO()
-    service.setup_logging(False, stream=out)
-    log = logging.getLogger("daemon.tools.engine")
+    logs.setup_logging(False, stream=out)
+    log = logging.getLogger("livehome.tools.engine")
     log.info("tool done", extra={"TOOL": "light_on", "CALL_ID": "c-17", "SESSION": "living room"})
     log.info("no fields")
     log.debug("hidden")
@@ -365,12 +366,12 @@ def test_stderr_lines_are_readable_with_fields_appended(monkeypatch: pytest.Monk
     logging.getLogger("httpx").info("HTTP Request: GET")
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
-    assert " INFO " in lines[0] and "daemon.tools.engine: tool done" in lines[0]
+    assert " INFO " in lines[0] and "livehome.tools.engine: tool done" in lines[0]
     assert lines[0].endswith('[TOOL=light_on CALL_ID=c-17 SESSION="living room"]')
-    assert lines[1].endswith("daemon.tools.engine: no fields")
+    assert lines[1].endswith("livehome.tools.engine: no fields")
 
     out = io.StringIO()
-    service.setup_logging(True, stream=out)
+    logs.setup_logging(True, stream=out)
     log.debug("now visible")
     logging.getLogger("websockets.client").debug("> BINARY 1f 8b ... [3200 bytes]")
     logging.getLogger("websockets.client").info("connection open")
@@ -379,7 +380,7 @@ def test_stderr_lines_are_readable_with_fields_appended(monkeypatch: pytest.Monk
 
 
 def _log_secret_every_way(secret: str) -> None:
-    log = logging.getLogger("daemon.live")
+    log = logging.getLogger("livehome.live")
     log.info("connecting with key=%s", secret)
     log.info(f"inline {secret} in the message")
     log.info("dict args %(k)s", {"k": secret})
@@ -401,14 +402,14 @@ def _log_secret_every_way(secret: str) -> None:
 @pytest.mark.parametrize("secret", [SECRET, "pa$$ 'w\"ord/+&%"])
 def test_registered_secret_never_reaches_stderr(secret: str) -> None:
     out = io.StringIO()
-    service.setup_logging(True, stream=out)
-    assert service.register_secret(secret)
+    logs.setup_logging(True, stream=out)
+    assert cred.register_secret(secret)
     _log_secret_every_way(secret)
     text = out.getvalue()
     assert secret not in text
     assert urllib.parse.quote(secret, safe="") not in text
     assert repr(secret)[1:-1] not in text
-    assert text.count(service.REDACTED) >= 10
+    assert text.count(cred.REDACTED) >= 10
     assert "connecting with key=***" in text and "RuntimeError: server rejected ***" in text
     assert "--- Logging error ---" not in text
 
@@ -417,7 +418,7 @@ def test_registered_secret_never_reaches_the_journal(
     monkeypatch: pytest.MonkeyPatch, journal_stderr: io.TextIOWrapper
 ) -> None:
     sent = _journal_capture(monkeypatch, journal_stderr, verbose=True)
-    service.register_secret(SECRET)
+    cred.register_secret(SECRET)
     _log_secret_every_way(SECRET)
     assert len(sent) == 10
     for entry in sent:  # every field journald would receive, including CODE_ARGS and EXCEPTION_*
@@ -428,12 +429,12 @@ def test_registered_secret_never_reaches_the_journal(
 
 def test_without_registration_nothing_is_rewritten() -> None:
     out = io.StringIO()
-    service.setup_logging(False, stream=out)
+    logs.setup_logging(False, stream=out)
     logging.getLogger("x").info("key=%s", SECRET)
     assert SECRET in out.getvalue()  # proves the other tests' absence comes from the registration
-    assert not service.register_secret("abc")  # too short to redact without mangling every line
-    assert not service.register_secret("   ")
-    assert not service.register_secret(None)
+    assert not cred.register_secret("abc")  # too short to redact without mangling every line
+    assert not cred.register_secret("   ")
+    assert not cred.register_secret(None)
 
 
 # ------------------------------------------------------------------------------------------- credentials
@@ -449,19 +450,19 @@ def credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_read_credential_strips_and_registers(credentials: Path) -> None:
     (credentials / "gemini-api-key").write_text(f"  {SECRET}\n\n")
-    assert service.read_credential(service.GEMINI_API_KEY_CREDENTIAL) == SECRET
+    assert cred.read_credential(cred.GEMINI_API_KEY_CREDENTIAL) == SECRET
     out = io.StringIO()
-    service.setup_logging(False, stream=out)
+    logs.setup_logging(False, stream=out)
     logging.getLogger("x").info("the key is %s", SECRET)
     assert SECRET not in out.getvalue()
 
 
 def test_read_credential_absent_or_blank_is_none(credentials: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert service.read_credential("mqtt-password") is None  # not passed at all
+    assert cred.read_credential("mqtt-password") is None  # not passed at all
     (credentials / "mqtt-password").write_text(" ")  # the units' SetCredential= fallback
-    assert service.read_credential("mqtt-password") is None
+    assert cred.read_credential("mqtt-password") is None
     monkeypatch.delenv("CREDENTIALS_DIRECTORY")  # not started by systemd
-    assert service.read_credential("mqtt-password") is None
+    assert cred.read_credential("mqtt-password") is None
 
 
 def test_read_credential_errors_name_the_file_but_never_the_content(credentials: Path) -> None:
@@ -469,8 +470,8 @@ def test_read_credential_errors_name_the_file_but_never_the_content(credentials:
     (credentials / "dir").mkdir()
     os.symlink("loop", credentials / "loop")  # ELOOP: unreadable even for root
     for name in ("binary", "dir", "loop"):
-        with pytest.raises(service.CredentialError) as info:
-            service.read_credential(name)
+        with pytest.raises(cred.CredentialError) as info:
+            cred.read_credential(name)
         message = str(info.value)
         assert name in message and str(credentials) in message
         assert "top-secret" not in message and "\\xff" not in message
@@ -482,11 +483,11 @@ def test_read_credential_permission_denied(credentials: Path) -> None:
     path = credentials / "gemini-api-key"
     path.write_text(SECRET)
     path.chmod(0)
-    with pytest.raises(service.CredentialError, match="Permission denied"):
-        service.read_credential("gemini-api-key")
+    with pytest.raises(cred.CredentialError, match="Permission denied"):
+        cred.read_credential("gemini-api-key")
 
 
 @pytest.mark.parametrize("name", ["", "../etc/passwd", "a/b", ".", ".."])
 def test_read_credential_rejects_paths(name: str, credentials: Path) -> None:
     with pytest.raises(ValueError):
-        service.read_credential(name)
+        cred.read_credential(name)

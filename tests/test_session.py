@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.speech import silence, synthesize
+from daemon.audio.speech import silence, synthesize
 from tests.support.broker import Broker
 from tests.support.livestack import CANCEL_AT_ONCE, KEY, live
 

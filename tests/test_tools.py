@@ -192,7 +192,7 @@ async def test_cancel_during_confirm_runs_undo_and_never_answers(tmp_path, broke
         assert [s.json() for s in w.on("lock/front/set")] == [{"state": "UNLOCK"}, {"state": "LOCK"}]
         assert r.engine.ready_responses() == []
         assert r.engine.outstanding == []
-        assert [e.kind for e in r.events] == ["call", "cancel"]
+        assert [e.kind for e in r.events] == ["tool_started", "cancelled"]
 
 
 async def test_undo_restores_previous_state(tmp_path, broker: Broker) -> None:
@@ -229,7 +229,7 @@ async def test_duplicate_ids_execute_once(tmp_path, broker: Broker) -> None:
         await w.fence(r.link)
         assert [s.payload for s in w.on("cmnd/plug/POWER")] == [b"ON"]
         assert first.id == "dup" and r.engine.ready_responses() == []
-        assert [e.kind for e in r.events] == ["call", "duplicate", "result", "duplicate"]
+        assert [e.kind for e in r.events] == ["tool_started", "tool_repeated", "tool_finished", "tool_repeated"]
 
 
 async def test_parallel_calls_answer_as_each_finishes(tmp_path, broker: Broker) -> None:

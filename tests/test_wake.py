@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.audio import FRAME_BYTES, FRAME_SAMPLES, Frame
+from daemon.audio.frames import FRAME_BYTES, FRAME_SAMPLES, Frame
+from daemon.audio.speech import silence
 from daemon.config import Wake, WakeWord
-from daemon.speech import silence
 from daemon.wake import (
     AsyncWakeDetector,
     Detection,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 import ssl
 from urllib.parse import urlparse
 
@@ -12,7 +11,7 @@ from google import genai
 from google.genai import types
 
 from ..config import Gemini
-from ..service import GEMINI_API_KEY_CREDENTIAL, CredentialError, read_credential, read_secret_file, register_secret
+from ..credentials import GEMINI_API_KEY_CREDENTIAL, CredentialError, lookup_secret, where_looked
 
 # websockets logs the handshake's request headers at DEBUG, and x-goog-api-key is one of them: whatever the
 # log levels, no DEBUG record of that logger is ever made.
@@ -24,29 +23,17 @@ class SetupError(Exception):
 
 
 def api_key(gemini: Gemini) -> str:
-    """$CREDENTIALS_DIRECTORY/gemini-api-key (systemd LoadCredential), gemini.api_key_file, $GEMINI_API_KEY.
-    Whichever is used is registered for redaction, so it cannot reach a log line."""
+    """The Gemini key, by daemon.credentials.lookup_secret's order ($CREDENTIALS_DIRECTORY/gemini-api-key,
+    gemini.api_key_file, $GEMINI_API_KEY); redacted from every log line from now on."""
+    field = "gemini.api_key_file"
     try:
-        key = read_credential(GEMINI_API_KEY_CREDENTIAL)
+        key = lookup_secret(GEMINI_API_KEY_CREDENTIAL, gemini.api_key_file, field, env="GEMINI_API_KEY")
     except CredentialError as exc:
         raise SetupError(str(exc)) from None
-    if key:
-        return key
-    if gemini.api_key_file is not None:
-        try:
-            key = read_secret_file(gemini.api_key_file, "gemini.api_key_file")
-        except CredentialError as exc:
-            raise SetupError(str(exc)) from None
-        if not key:
-            raise SetupError(f"gemini.api_key_file {gemini.api_key_file} is empty")
-        return key
-    key = os.environ.get("GEMINI_API_KEY", "").strip()
-    if key:
-        register_secret(key)
-        return key
-    creds = os.environ.get("CREDENTIALS_DIRECTORY")
-    tried = [f"{creds}/{GEMINI_API_KEY_CREDENTIAL}"] if creds else ["$CREDENTIALS_DIRECTORY (not set)"]
-    raise SetupError(f"no Gemini API key: looked in {', '.join(tried)}, gemini.api_key_file (not set), $GEMINI_API_KEY")
+    if not key:
+        looked = where_looked(GEMINI_API_KEY_CREDENTIAL, field, "GEMINI_API_KEY")
+        raise SetupError(f"no Gemini API key: looked in {looked}")
+    return key
 
 
 def _loopback(url: str) -> bool:

@@ -16,7 +16,6 @@ import random
 import re
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,15 +23,31 @@ import numpy as np
 import websockets
 from google.genai import errors, types
 
+from ..audio.frames import OUTPUT_RATE, output_seconds
+from ..audio.frames import SAMPLE_RATE as INPUT_RATE
 from ..calls import CancelReport, ToolCall, ToolResponse
 from ..config import Conversation, Gemini
+from ..events import (
+    Answered,
+    Connected,
+    Connecting,
+    ConversationEnded,
+    Emit,
+    Event,
+    GoingAway,
+    Interrupted,
+    ModelCalled,
+    Reconnecting,
+    Speaking,
+    Transcript,
+    TurnEnded,
+    notify_all,
+)
+from ..logs import logger
 from .client import SetupError, make_client
 from .setup import END_CONVERSATION, connect_config
 
-log = logging.getLogger(__name__)
-
-INPUT_RATE = 16000
-OUTPUT_RATE = 24000
+log = logger(__name__)
 MAX_SEND_BYTES = 2 * INPUT_RATE // 5  # 200 ms per audio message when catching up after a reconnect
 SPEECH_RMS = 500  # mic RMS (of 32768) that counts as the user speaking, for the idle timer
 GOAWAY_MARGIN = 1.0  # reconnect this long before the service's deadline at the latest
@@ -62,9 +77,6 @@ class Speaker(Protocol):
     async def drain(self) -> None: ...
     @property
     def playing(self) -> bool: ...
-
-
-Observer = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -176,7 +188,7 @@ class LiveSession:
         *,
         key: str,
         speaker: Speaker,
-        observer: Observer | None = None,
+        observer: Emit | None = None,
         buffer_seconds: float = 20.0,
         client: Any = None,
         name: str = "1",
@@ -229,14 +241,19 @@ class LiveSession:
         dropped = self.speaker.flush()
         self._discard_turn = self._model_turn
         self._last_activity = time.monotonic()
-        self.log.info("barge-in: dropped %.2fs of queued speech", dropped / (2 * OUTPUT_RATE))
-        self._emit("interrupted", dropped_bytes=dropped, local=True)
+        self.log.info("barge-in: dropped %.2fs of queued speech", output_seconds(dropped))
+        self._emit(Interrupted(dropped, local=True))
         return dropped
 
     @property
     def model_turn(self) -> bool:
         """Whether the model is in the middle of a turn (its audio may still be arriving)."""
         return self._model_turn
+
+    @property
+    def speaking(self) -> bool:
+        """Whether the model is in a turn that is being played (not one the user talked over)."""
+        return self._model_turn and not self._discard_turn
 
     def stop(self, reason: str = "stopped", detail: str = "") -> None:
         """End the conversation (a shutdown, an MQTT command, barge-in policy); tool calls are settled first."""
@@ -309,7 +326,7 @@ class LiveSession:
                 break
             delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.8 + 0.4 * random.random())
             self.log.warning("Gemini Live: %s; reconnecting in %.1fs (attempt %d)", why, delay, attempt)
-            self._emit("reconnecting", why=why, attempt=attempt)
+            self._emit(Reconnecting(why, attempt))
             await asyncio.sleep(delay)
         if self.tools.outstanding:  # no socket left to answer on: finish or cancel (with undo) what is running
             await self.tools.settle(self.conversation.settle_timeout)
@@ -322,14 +339,14 @@ class LiveSession:
             self.connections,
             self.tool_calls,
         )
-        self._emit("ended", reason=reason, detail=detail, duration=result.duration)
+        self._emit(ConversationEnded(reason, detail, result.duration))
         return result
 
     # ---- one connection --------------------------------------------------------------------------------------
 
     async def _connection(self, client: Any, started: float) -> _Outcome:
         resumed = self.handle is not None
-        self._emit("connecting", resumed=resumed)
+        self._emit(Connecting(resumed))
         config = connect_config(self.gemini, self.declarations, self.handle)
         connect = client.aio.live.connect(model=self.gemini.model, config=config)
         async with asyncio.timeout(self.gemini.connect_timeout + 5):  # the SDK waits forever for setupComplete
@@ -339,7 +356,7 @@ class LiveSession:
             self._goaway_at = None
             self._connected.set()
             self.log.info("Gemini Live connected%s", " (resumed)" if resumed else "")
-            self._emit("connected", resumed=resumed, connection=self.connections)
+            self._emit(Connected(resumed, self.connections))
             return await self._converse(session, started)
         finally:
             with contextlib.suppress(Exception):
@@ -387,9 +404,7 @@ class LiveSession:
         workers["input"].cancel()
         workers["watchdog"].cancel()
         if self.tools.outstanding:
-            reports = await self.tools.settle(self.conversation.settle_timeout)
-            for r in reports:
-                self._emit("cancelled", id=r.id, result=r.result, detail=r.detail)
+            await self.tools.settle(self.conversation.settle_timeout)  # the tool layer reports each cancellation
         workers["answers"].cancel()
         await asyncio.gather(workers["answers"], return_exceptions=True)
         for response in self.tools.ready_responses():
@@ -445,14 +460,7 @@ class LiveSession:
             response.scheduling or "-",
             extra={"TOOL": response.name, "CALL_ID": response.id},
         )
-        self._emit(
-            "answered",
-            id=response.id,
-            name=response.name,
-            outcome=response.outcome,
-            scheduling=response.scheduling,
-            response=response.response,
-        )
+        self._emit(Answered(response.id, response.name, response.outcome, response.scheduling, response.response))
 
     async def _watchdog(self, started: float) -> None:
         while True:
@@ -492,7 +500,7 @@ class LiveSession:
                 left,
                 "" if self.handle else " (no resumption handle yet: the context will be lost)",
             )
-            self._emit("goaway", time_left=left)
+            self._emit(GoingAway(left))
         update = msg.session_resumption_update
         if update is not None and update.resumable and update.new_handle:
             self.handle = update.new_handle
@@ -506,7 +514,7 @@ class LiveSession:
             if not self._model_turn:
                 self._model_turn = True
                 self._flush_heard()
-                self._emit("speaking")
+                self._emit(Speaking())
             for part in content.model_turn.parts:
                 blob = part.inline_data
                 if blob is not None and blob.data and not self._discard_turn:
@@ -519,8 +527,8 @@ class LiveSession:
             self._last_activity = now
         if content.interrupted:
             dropped = self.speaker.flush()
-            self.log.info("interrupted: dropped %.2fs of queued speech", dropped / (2 * OUTPUT_RATE))
-            self._emit("interrupted", dropped_bytes=dropped, local=False)
+            self.log.info("interrupted: dropped %.2fs of queued speech", output_seconds(dropped))
+            self._emit(Interrupted(dropped, local=False))
             self._end_turn()
         if content.turn_complete:
             self._end_turn()
@@ -530,17 +538,19 @@ class LiveSession:
         if self._said:
             text = "".join(self._said).strip()
             self.log.info("model: %s", text)
-            self._emit("transcript", who="model", text=text)
+            self._emit(Transcript("model", text))
             self._said.clear()
-        self._model_turn = False
+        was_model_turn, self._model_turn = self._model_turn, False
         self._discard_turn = False
         self._last_activity = time.monotonic()
+        if was_model_turn:
+            self._emit(TurnEnded())
 
     def _flush_heard(self) -> None:
         if self._heard:
             text = "".join(self._heard).strip()
             self.log.info("user: %s", text)
-            self._emit("transcript", who="user", text=text)
+            self._emit(Transcript("user", text))
             self._heard.clear()
 
     def _on_call(self, call: types.FunctionCall) -> None:
@@ -552,7 +562,7 @@ class LiveSession:
             # Answered here, not by the tool layer; the session ends once the goodbye has been spoken.
             self._ending_since = time.monotonic()
             self.log.info("the model ends the conversation")
-            self._emit("tool_call", id=call.id, name=call.name, args=args, repeated=False)
+            self._emit(ModelCalled(call.id, END_CONVERSATION, args, repeated=False))
             if self._session is not None:
                 answer = ToolResponse(call.id, END_CONVERSATION, {"ok": True}, "SILENT", "success")
                 task = asyncio.get_running_loop().create_task(self._send_answer(self._session, answer))
@@ -568,20 +578,15 @@ class LiveSession:
             "" if fresh else " (repeated id: ignored)",
             extra={"TOOL": call.name, "CALL_ID": call.id},
         )
-        self._emit("tool_call", id=call.id, name=call.name, args=args, repeated=not fresh)
+        self._emit(ModelCalled(call.id, call.name or "", args, repeated=not fresh))
 
     def _cancelled(self, task: asyncio.Task[list[CancelReport]]) -> None:
+        """The tool layer reports each cancellation itself; only a failure to cancel is the session's to log."""
         if task.cancelled() or task.exception() is not None:
             self.log.error(
                 "cancelling tool calls failed: %s", task.exception() if not task.cancelled() else "cancelled"
             )
-            return
-        for r in task.result():
-            self._emit("cancelled", id=r.id, result=r.result, detail=r.detail)
 
-    def _emit(self, kind: str, **data: Any) -> None:
+    def _emit(self, event: Event) -> None:
         if self.observer is not None:
-            try:
-                self.observer(kind, data)
-            except Exception:
-                self.log.exception("session observer failed on %s", kind)
+            notify_all([self.observer], event, log)

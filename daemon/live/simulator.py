@@ -54,7 +54,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from ..speech import SpeechUnavailable, synthesize
+from ..audio.speech import SpeechUnavailable, synthesize
 from .scenario import (
     AwaitTools,
     CallSpec,

@@ -13,17 +13,19 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ..calls import CancelReport, EngineEvent, ToolCall, ToolResponse
-from ..mqtt import BrokerUnavailable, DeliveryUnknown
+from ..calls import CancelReport, ToolCall, ToolResponse
+from ..events import Emit, Event, ToolCancelled, ToolFinished, ToolRepeated, ToolStarted, notify_all
+from ..logs import logger
+from ..mqtt.link import BrokerUnavailable, DeliveryUnknown
 from ..yamlsrc import suggest
 from . import template as tpl
 from .registry import ArgumentError, Registry, RenderedPublish, Tool
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 ID_MEMORY = 4096  # how many call ids are remembered to refuse repeats
 STATE_INLINE_BYTES = 1024  # larger device states are cut down to the expected fields
@@ -67,7 +69,7 @@ class _Call:
 
 
 class Engine:
-    def __init__(self, registry: Registry, link: Link, observer: Callable[[EngineEvent], None] | None = None) -> None:
+    def __init__(self, registry: Registry, link: Link, observer: Emit | None = None) -> None:
         self.registry = registry
         self.link = link
         self.observer = observer
@@ -83,13 +85,13 @@ class Engine:
         """Start a call; False for an id already seen (the service is known to repeat calls)."""
         if call.id in self._status:
             log.info("tool call %s (%s) repeated; executed once", call.id, call.name, extra=_fields(call))
-            self._emit(EngineEvent("duplicate", call.id, call.name, call.args))
+            self._emit(ToolRepeated(call.id, call.name, call.args))
             return False
         self._remember(call.id, "running")
         c = _Call(call, time.monotonic())
         self._calls[call.id] = c
         c.task = asyncio.get_running_loop().create_task(self._run(c), name=f"tool-{call.id}")
-        self._emit(EngineEvent("call", call.id, call.name, call.args))
+        self._emit(ToolStarted(call.id, call.name, call.args))
         return True
 
     async def next_response(self) -> ToolResponse:
@@ -144,7 +146,7 @@ class Engine:
         for r in reports:
             name = self._names.pop(r.id, "?")
             log.info("tool call %s cancelled: %s %s", r.id, r.result, r.detail, extra={"CALL_ID": r.id, "TOOL": name})
-            self._emit(EngineEvent("cancel", r.id, name, outcome=r.result, detail=r.detail))
+            self._emit(ToolCancelled(r.id, name, r.result, r.detail))
         return reports
 
     async def run(self, call: ToolCall) -> ToolResponse | None:
@@ -199,8 +201,7 @@ class Engine:
             extra=_fields(c.call),
         )
         self._emit(
-            EngineEvent(
-                "result",
+            ToolFinished(
                 c.call.id,
                 c.call.name,
                 c.call.args,
@@ -364,12 +365,9 @@ class Engine:
             old, _ = self._status.popitem(last=False)
             self._calls.pop(old, None)
 
-    def _emit(self, event: EngineEvent) -> None:
+    def _emit(self, event: Event) -> None:
         if self.observer is not None:
-            try:
-                self.observer(event)
-            except Exception:
-                log.exception("tool event observer failed")
+            notify_all([self.observer], event, log)
 
 
 def _fields(call: ToolCall) -> dict[str, str]:

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
+from daemon.audio.speech import silence
 from daemon.localbroker import Broker
-from daemon.speech import silence
 from tests.support.notify import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[2]

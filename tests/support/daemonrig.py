@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.calls import EngineEvent
-from daemon.config import load
+from daemon.events import Event
 from daemon.live.simulator import Simulator
+from daemon.loading import load
 from daemon.runtime import Daemon, Options
 from tests.support.broker import Broker
 from tests.support.livestack import KEY, TOOLS, light_reply
@@ -23,26 +23,21 @@ from tests.support.waiting import eventually
 
 @dataclass
 class Trace:
-    """Everything the daemon reported, in order."""
+    """Everything the daemon reported, in order, as (kind, fields)."""
 
-    daemon: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    session: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    tools: list[EngineEvent] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
-    def daemon_event(self, kind: str, data: dict[str, Any]) -> None:
-        self.daemon.append((kind, data))
+    def notify(self, event: Event) -> None:
+        self.events.append(event)
 
-    def session_event(self, kind: str, data: dict[str, Any]) -> None:
-        self.session.append((kind, data))
-
-    def tool_event(self, event: EngineEvent) -> None:
-        self.tools.append(event)
+    @property
+    def daemon(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(e.kind, e.fields()) for e in self.events]
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [d for k, d in self.daemon if k == kind]
+        return [e.fields() for e in self.events if e.kind == kind]
 
-    def session_of(self, kind: str) -> list[dict[str, Any]]:
-        return [d for k, d in self.session if k == kind]
+    session_of = of
 
 
 @dataclass
@@ -76,6 +71,7 @@ async def running_daemon(
     output: str | None = "played.wav",
     extra: str = "",
     conversation: str = "idle_timeout: 1s",
+    delays: dict[str, float] | None = None,
 ) -> AsyncIterator[Running]:
     os.environ["GEMINI_API_KEY"] = KEY
     sim = Simulator(scenario, state_dir=tmp_path / "sim", api_key=KEY)
@@ -87,7 +83,7 @@ async def running_daemon(
         out = str(tmp_path / output) if output and output.endswith(".wav") else output  # None: the config's
         daemon = Daemon(load(path), Options(input=input, output=out))
         daemon.observers.append(trace)
-        async with world(broker) as w, device(broker, "z2m/+/set", light_reply):
+        async with world(broker) as w, device(broker, "z2m/+/set", light_reply, delays):
             task = asyncio.create_task(daemon.run())
             try:
                 yield Running(daemon, sim, w, trace, task, path)

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.audio import WavSink
-from daemon.config import load
+from daemon.audio.outputs import WavSink
+from daemon.events import Event
 from daemon.live.session import LiveSession
 from daemon.live.simulator import Simulator
-from daemon.mqtt import MqttLink
+from daemon.loading import load
+from daemon.mqtt.link import MqttLink
 from daemon.tools.engine import Engine
-from daemon.toolstack import tool_stack
+from daemon.tools.stack import running_tools
 from tests.support.broker import Broker
 from tests.support.mqttworld import World, device, world
 
@@ -67,13 +68,16 @@ class Live:
     world: World
     speaker: WavSink
     config_path: Path
-    events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)  # the session's and the tool layer's, as the daemon sees them
+
+    def notify(self, event: Event) -> None:
+        self.events.append(event)
 
     def kinds(self) -> list[str]:
-        return [k for k, _ in self.events]
+        return [e.kind for e in self.events]
 
     def of(self, kind: str) -> list[dict[str, Any]]:
-        return [d for k, d in self.events if k == kind]
+        return [e.fields() for e in self.events if e.kind == kind]
 
     async def event(self, kind: str, timeout: float = 10.0, **match: Any) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
@@ -112,8 +116,10 @@ async def live(
     try:
         loaded = load(write_config(tmp_path / "config.yaml", sim, broker, conversation, tools))
         lights = device(broker, "z2m/+/set", light_reply, delays)
-        async with world(broker) as w, lights, tool_stack(loaded, connect_wait=10) as (link, engine):
-            rig = Live(sim, None, engine, link, w, speaker, tmp_path / "config.yaml")  # type: ignore[arg-type]
+        events: list[Event] = []
+        stack = running_tools(loaded.registry, loaded.config.mqtt, events.append, connect_wait=10)
+        async with world(broker) as w, lights, stack as (link, engine):
+            rig = Live(sim, None, engine, link, w, speaker, tmp_path / "config.yaml", events)  # type: ignore[arg-type]
             rig.session = LiveSession(
                 loaded.config.gemini,
                 loaded.config.conversation,
@@ -121,7 +127,7 @@ async def live(
                 loaded.registry.declarations(),
                 key=key,
                 speaker=speaker,
-                observer=lambda kind, data: rig.events.append((kind, data)),
+                observer=rig.notify,
             )
             yield rig
     finally:

@@ -15,9 +15,9 @@ from typing import Any
 
 import aiomqtt
 
-from daemon.calls import EngineEvent
-from daemon.config import Loaded, load
-from daemon.mqtt import MqttLink
+from daemon.events import Event
+from daemon.loading import Loaded, load
+from daemon.mqtt.link import MqttLink
 from daemon.tools.engine import Engine
 from tests.support.broker import Broker
 
@@ -136,7 +136,7 @@ class Rig:
     loaded: Loaded
     link: MqttLink
     engine: Engine
-    events: list[EngineEvent]
+    events: list[Event]
 
 
 def write_config(tmp_path: Path, broker: Broker, body: str) -> Path:
@@ -152,7 +152,7 @@ async def rig(tmp_path: Path, broker: Broker, body: str) -> AsyncIterator[Rig]:
     link = MqttLink(loaded.config.mqtt)
     link.watch(loaded.registry.watched)
     task = asyncio.create_task(link.run())
-    events: list[EngineEvent] = []
+    events: list[Event] = []
     try:
         assert await link.wait_connected(10), "the link did not connect"
         yield Rig(loaded, link, Engine(loaded.registry, link, events.append), events)

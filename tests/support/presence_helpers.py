@@ -14,21 +14,25 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.arbiter import Arbiter
 from daemon.config import Config
-from daemon.mqtt import MqttLink
-from daemon.presence import Presence, Topics
+from daemon.events import StateChanged
+from daemon.mqtt.arbiter import Arbiter
+from daemon.mqtt.link import MqttLink
+from daemon.mqtt.presence import Presence
+from daemon.mqtt.topics import Topics
 from tests.support.broker import Broker
 
 
 @dataclass
 class RecordingController:
-    """Records what the commands asked for; `fail` makes every call raise it."""
+    """Records what the commands asked for; `fail` makes every call raise it. Like the daemon, it reports a mute
+    back to `presence` as the state it is now in."""
 
     calls: list[tuple[Any, ...]] = field(default_factory=list)
     fail: Exception | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     slow: dict[str, float] = field(default_factory=dict)  # call name → how long it takes before it is recorded
+    presence: Presence | None = None
 
     def _record(self, *call: Any) -> None:
         self.calls.append(call)
@@ -50,6 +54,8 @@ class RecordingController:
 
     def set_muted(self, muted: bool) -> None:
         self._record("set_muted", muted)
+        if self.presence is not None:
+            self.presence.notify(StateChanged("muted" if muted else "idle", muted))
 
     async def reload(self) -> None:
         await self._work("reload")
@@ -101,7 +107,8 @@ async def satellite(
     link = MqttLink(config.mqtt, will=Presence.will(config) if presence else None)
     controller = RecordingController()
     pres = Presence(link, config, controller)
-    arbiter = Arbiter(link, config, report=pres.event)
+    controller.presence = pres
+    arbiter = Arbiter(link, config, report=pres.notify)
     if presence:
         await pres.start()
     await arbiter.start()

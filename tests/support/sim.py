@@ -11,8 +11,8 @@ import numpy as np
 from google import genai
 from google.genai import types
 
+from daemon.audio.speech import silence, synthesize
 from daemon.live.simulator import Simulator
-from daemon.speech import silence, synthesize
 
 MODEL = "gemini-3.8-live"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from daemon.speech import silence, synthesize
+from daemon.audio.speech import silence, synthesize
 
 
 @functools.cache

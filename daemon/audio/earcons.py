@@ -7,7 +7,7 @@ import functools
 
 import numpy as np
 
-from .audio import OUTPUT_RATE
+from .frames import OUTPUT_RATE
 
 VOLUME = 0.25  # of full scale: audible over a room, not startling
 FADE = 0.008  # seconds of raised-cosine fade at each edge: no clicks

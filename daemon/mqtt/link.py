@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import math
 import random
 import socket
@@ -23,10 +22,11 @@ from typing import Any
 
 import aiomqtt
 
-from .config import Mqtt
-from .service import MQTT_PASSWORD_CREDENTIAL, CredentialError, read_credential, read_secret_file
+from ..config import Mqtt
+from ..credentials import MQTT_PASSWORD_CREDENTIAL, CredentialError, lookup_secret
+from ..logs import logger
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 SUBSCRIBE_BATCH = 100
 
@@ -71,18 +71,9 @@ class Will:
 
 
 def read_password(settings: Mqtt) -> str | None:
-    """$CREDENTIALS_DIRECTORY/mqtt-password (systemd LoadCredential) wins over mqtt.password_file; either is
-    registered for redaction."""
+    """The broker password (daemon.credentials.lookup_secret); BrokerUnavailable when it is set but unusable."""
     try:
-        password = read_credential(MQTT_PASSWORD_CREDENTIAL)
-    except CredentialError as exc:
-        raise BrokerUnavailable(str(exc)) from None
-    if password:
-        return password
-    if settings.password_file is None:
-        return None
-    try:
-        return read_secret_file(settings.password_file, "mqtt.password_file")
+        return lookup_secret(MQTT_PASSWORD_CREDENTIAL, settings.password_file, "mqtt.password_file")
     except CredentialError as exc:
         raise BrokerUnavailable(str(exc)) from None
 

@@ -20,28 +20,24 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Config
-from .mqtt import BrokerUnavailable, DeliveryUnknown, Message, MqttLink
-from .presence import ONLINE, availability_filter
+from ..config import Config
+from ..events import Emit, StoodDown, notify_all
+from ..logs import logger
+from .link import BrokerUnavailable, DeliveryUnknown, Message, MqttLink
+from .topics import ONLINE, arbitration_topic, availability_filter
 
-log = logging.getLogger(__name__)
+log = logger(__name__)
 
 MAX_ROUND = 64  # claims kept per round; a flood cannot grow memory
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
-
-def arbitration_topic(config: Config) -> str:
-    return f"{config.mqtt.topic_prefix}/arbitration"
 
 
 @dataclass(frozen=True)
@@ -98,13 +94,10 @@ class Round:
         return min(self.members, key=lambda c: (-c.score, c.id, c.nonce))
 
 
-Report = Callable[..., Any]  # report("stood_down", **data), e.g. Presence.event
-
-
 class Arbiter:
     """Arbiter(link, config).claim(word, score) → whether this satellite answers."""
 
-    def __init__(self, link: MqttLink, config: Config, report: Report | None = None) -> None:
+    def __init__(self, link: MqttLink, config: Config, report: Emit | None = None) -> None:
         self.link = link
         self.config = config
         self.report = report
@@ -197,10 +190,7 @@ class Arbiter:
             ", late" if late else "",
         )
         if self.report is not None:
-            try:
-                self.report("stood_down", word=word, score=body["score"], winner=winner.id, winner_score=winner.score)
-            except Exception:
-                log.exception("reporting the arbitration failed")
+            notify_all([self.report], StoodDown(word, float(body["score"]), winner.id, winner.score), log)
         return False
 
     # ---- MQTT ------------------------------------------------------------------------------------------------

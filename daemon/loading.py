@@ -1,0 +1,138 @@
+"""From the config file to what the daemon runs on: YAML → tool packs expanded → sections and tool specs validated
+→ tools compiled into a registry. Every problem found is reported at once, each at its file and line."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import Config
+from .schema import problems_from_validation
+from .tools.packs import Include, expand_tools
+from .tools.registry import Registry, SpecError, compile_tool
+from .tools.spec import ToolSpec
+from .yamlsrc import ConfigError, LDict, Problem, dotted, load_yaml, locate
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A validated config with its tools compiled: what the daemon runs on (and what a reload swaps)."""
+
+    path: Path
+    config: Config
+    registry: Registry
+
+
+def load(path: Path) -> Loaded:
+    """Load, validate and compile. Raises ConfigError with every problem found, each at its file and line."""
+    config, specs, raw = load_config(path)
+    tools, problems = [], []
+    for index, spec in enumerate(specs):
+        try:
+            tools.append(compile_tool(spec, config.assistant.room))
+        except SpecError as exc:
+            for where, message in exc.problems:
+                file, line = locate(raw, ("tools", index, *where))
+                problems.append(Problem(file, line, f"tool '{spec.name}' {dotted(where)}".rstrip(), message))
+    if problems:
+        raise ConfigError(problems)
+    return Loaded(Path(path), config, Registry(tools))
+
+
+def load_config(path: Path) -> tuple[Config, list[ToolSpec], Any]:
+    """Parse, expand tool includes, validate. Returns the config, its tool specs and the located raw data (for
+    later checks); raises ConfigError listing every problem found with its place."""
+    path = Path(path)
+    raw = load_yaml(path)
+    if raw is None:
+        raw = LDict()
+        raw.file = str(path)
+    if not isinstance(raw, dict):
+        raise ConfigError([Problem(str(path), getattr(raw, "line", 1), "", "the config must be a mapping")])
+    problems: list[Problem] = []
+    if "tools" in raw:
+        raw["tools"] = expand_tools(raw["tools"], path.parent, problems)
+    config = None
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        problems += problems_from_validation(exc, raw, Config)
+    specs = _tool_specs(raw, problems)
+    if problems or config is None:
+        raise ConfigError(problems)
+    return _resolve_paths(config, path.parent), specs, raw
+
+
+def _tool_specs(raw: Any, problems: list[Problem]) -> list[ToolSpec]:
+    """Each entry of the (expanded) tools list as a ToolSpec; problems are placed inside the tool."""
+    entries = raw.get("tools") if isinstance(raw, dict) else None
+    specs = []
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):
+        if not isinstance(entry, dict):
+            continue  # Config's validation already reported it
+        try:
+            specs.append(ToolSpec.model_validate(entry))
+        except ValidationError as exc:
+            for p in problems_from_validation(exc, entry, ToolSpec):
+                problems.append(Problem(p.file, p.line, dotted(("tools", index)) + (f".{p.where}" if p.where else ""),
+                                        p.message))
+    return specs
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    """Relative paths in the config are relative to the config file, not to wherever the daemon was started."""
+
+    def fix(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p)
+
+    g, m, a, w = config.gemini, config.mqtt, config.audio, config.wake
+    return config.model_copy(
+        update={
+            "gemini": g.model_copy(update={"ca_file": fix(g.ca_file), "api_key_file": fix(g.api_key_file)}),
+            "mqtt": m.model_copy(
+                update={
+                    "password_file": fix(m.password_file),
+                    "tls": m.tls.model_copy(
+                        update={k: fix(getattr(m.tls, k)) for k in ("ca_file", "cert_file", "key_file")}
+                    ),
+                }
+            ),
+            "audio": a.model_copy(
+                update={
+                    "input": a.input.model_copy(update={"file": fix(a.input.file)}),
+                    "output": a.output.model_copy(update={"file": fix(a.output.file)}),
+                }
+            ),
+            "wake": w.model_copy(
+                update={
+                    "models_dir": fix(w.models_dir),
+                    "words": [
+                        ww.model_copy(update={"model": str(base / ww.model)})
+                        if ww.model.endswith((".tflite", ".onnx")) and not os.path.isabs(ww.model)
+                        else ww
+                        for ww in w.words
+                    ],
+                }
+            ),
+        }
+    )
+
+
+def json_schema() -> str:
+    """The config's JSON Schema, for editors' completion and validation of config.yaml."""
+    schema = Config.model_json_schema(mode="validation")
+    defs = schema.setdefault("$defs", {})
+    for model in (ToolSpec, Include):  # a tools entry is a tool, or an include (expanded before validation)
+        sub = model.model_json_schema(mode="validation", ref_template="#/$defs/{model}")
+        defs.update(sub.pop("$defs", {}))
+        defs[model.__name__] = sub
+    tools = schema["properties"]["tools"]
+    tools["items"] = {"anyOf": [{"$ref": "#/$defs/ToolSpec"}, {"$ref": "#/$defs/Include"}]}
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "livehome configuration"
+    return json.dumps(schema, indent=2)
