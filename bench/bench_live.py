@@ -21,7 +21,7 @@ from daemon.audio import WavSink
 from daemon.config import load
 from daemon.live.session import LiveSession
 from daemon.live.simulator import Simulator
-from daemon.localbroker import running_broker
+from daemon.sim.broker import running_broker
 from daemon.toolstack import tool_stack
 
 ROUNDS = 40

@@ -23,8 +23,8 @@ from google.genai import types
 from bench.common import Row, percentile
 from daemon.config import load
 from daemon.live.simulator import Simulator
-from daemon.localbroker import running_broker
 from daemon.runtime import Daemon, Options
+from daemon.sim.broker import running_broker
 from daemon.speech import silence, synthesize
 
 LISTEN_SECONDS = 14.0

@@ -22,8 +22,8 @@ import aiomqtt
 
 from .config import load
 from .live.simulator import Simulator
-from .localbroker import running_broker
 from .runtime import Daemon, Options
+from .sim.broker import running_broker
 from .speech import silence, synthesize
 from .trace import Trace
 

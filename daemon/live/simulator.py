@@ -54,8 +54,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from ..speech import SpeechUnavailable, synthesize
-from .scenario import (
+from ..sim.scenario import (
     AwaitTools,
     CallSpec,
     Close,
@@ -69,6 +68,7 @@ from .scenario import (
     VadSettings,
     load_scenario,
 )
+from ..speech import SpeechUnavailable, synthesize
 
 log = logging.getLogger("livehome.simulator")
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO
 
-from daemon.localbroker import Broker
+from daemon.sim.broker import Broker
 from daemon.speech import silence
 from tests.support.notify import NotifySocket
 
