@@ -20,8 +20,8 @@ from bench.common import Row, percentile
 from daemon.audio import WavSink
 from daemon.config import load
 from daemon.live.session import LiveSession
-from daemon.live.simulator import Simulator
 from daemon.sim.broker import running_broker
+from daemon.sim.server import Simulator
 from daemon.toolstack import tool_stack
 
 ROUNDS = 40

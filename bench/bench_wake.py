@@ -22,9 +22,9 @@ from google.genai import types
 
 from bench.common import Row, percentile
 from daemon.config import load
-from daemon.live.simulator import Simulator
 from daemon.runtime import Daemon, Options
 from daemon.sim.broker import running_broker
+from daemon.sim.server import Simulator
 from daemon.speech import silence, synthesize
 
 LISTEN_SECONDS = 14.0

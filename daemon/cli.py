@@ -117,7 +117,7 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .live.simulator import DEFAULT_MODELS, serve
+    from .sim.server import DEFAULT_MODELS, serve
 
     overrides: dict[str, str] = {}
     for item in args.set:

@@ -21,9 +21,9 @@ from typing import TextIO
 import aiomqtt
 
 from .config import load
-from .live.simulator import Simulator
 from .runtime import Daemon, Options
 from .sim.broker import running_broker
+from .sim.server import Simulator
 from .speech import silence, synthesize
 from .trace import Trace
 

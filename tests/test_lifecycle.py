@@ -21,7 +21,7 @@ import aiomqtt
 import pytest
 
 from daemon.config import EX_CONFIG
-from daemon.live.simulator import Simulator
+from daemon.sim.server import Simulator
 from daemon.speech import silence
 from tests.support.broker import Broker, running_broker
 from tests.support.daemonproc import WatchedBroker, daemon_process

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from daemon.config import load
-from daemon.live.simulator import Simulator
 from daemon.runtime import Daemon, Options
+from daemon.sim.server import Simulator
 from daemon.speech import silence
 from tests.support.broker import Broker
 from tests.support.daemonrig import Trace, config_text, running_daemon

@@ -13,8 +13,8 @@ from typing import Any
 
 from daemon.calls import EngineEvent
 from daemon.config import load
-from daemon.live.simulator import Simulator
 from daemon.runtime import Daemon, Options
+from daemon.sim.server import Simulator
 from tests.support.broker import Broker
 from tests.support.livestack import KEY, TOOLS, light_reply
 from tests.support.mqttworld import World, device, world

@@ -13,8 +13,8 @@ from typing import Any
 from daemon.audio import WavSink
 from daemon.config import load
 from daemon.live.session import LiveSession
-from daemon.live.simulator import Simulator
 from daemon.mqtt import MqttLink
+from daemon.sim.server import Simulator
 from daemon.tools.engine import Engine
 from daemon.toolstack import tool_stack
 from tests.support.broker import Broker

@@ -11,7 +11,7 @@ import numpy as np
 from google import genai
 from google.genai import types
 
-from daemon.live.simulator import Simulator
+from daemon.sim.server import Simulator
 from daemon.speech import silence, synthesize
 
 MODEL = "gemini-3.8-live"

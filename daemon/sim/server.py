@@ -54,7 +54,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from ..sim.scenario import (
+from ..speech import SpeechUnavailable, synthesize
+from .scenario import (
     AwaitTools,
     CallSpec,
     Close,
@@ -68,9 +69,8 @@ from ..sim.scenario import (
     VadSettings,
     load_scenario,
 )
-from ..speech import SpeechUnavailable, synthesize
 
-log = logging.getLogger("livehome.simulator")
+log = logging.getLogger("livehome.sim.server")
 
 DEFAULT_MODELS = ("models/gemini-3.8-live",)
 API_VERSIONS = ("v1", "v1beta", "v1alpha")
