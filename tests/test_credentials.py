@@ -13,7 +13,7 @@ from daemon.calls import ToolCall
 from daemon.config import Gemini, load
 from daemon.live.client import SetupError, api_key
 from daemon.service import clear_secrets
-from daemon.sim.server import make_tls_files
+from daemon.sim.tls import make_tls_files
 from daemon.toolstack import tool_stack
 from tests.support.broker import Broker
 

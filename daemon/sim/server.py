@@ -23,8 +23,6 @@ import base64
 import binascii
 import contextlib
 import copy
-import datetime
-import ipaddress
 import itertools
 import json
 import logging
@@ -36,7 +34,6 @@ import signal
 import ssl
 import sys
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -44,10 +41,6 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 import numpy as np
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
@@ -66,16 +59,16 @@ from .scenario import (
     Scenario,
     Step,
     Turn,
-    VadSettings,
     load_scenario,
 )
+from .tls import make_tls_files
+from .vad import EnergyVad, Utterance
 
 log = logging.getLogger("livehome.sim.server")
 
 DEFAULT_MODELS = ("models/gemini-3.8-live",)
 API_VERSIONS = ("v1", "v1beta", "v1alpha")
 PATH_RE = re.compile(r"/ws/google\.ai\.generativelanguage\.([A-Za-z0-9]+)\.GenerativeService\.BidiGenerateContent$")
-FRAME_SECONDS = 0.02
 
 BAD_KEY = (1007, "API key not valid. Please pass a valid API key.")
 NO_KEY = (1008, "Method doesn't allow unregistered callers (callers without established identity). Please use "
@@ -169,30 +162,6 @@ class Violation:
 
 
 @dataclass(frozen=True)
-class Utterance:
-    """Speech found in the client's audio. `pcm` runs from the preroll before the speech to the point the end was
-    detected; `duration` and `rms` cover the voiced part only (first to last voiced 20 ms frame), in audio time,
-    so they do not depend on how fast the client sent it."""
-
-    conn: int
-    rate: int
-    pcm: bytes
-    offset: float  # where `pcm` starts, in seconds of this connection's audio stream
-    speech_start: float  # where the voiced part starts, same clock
-    duration: float
-    rms: float
-    started: float  # monotonic time the start was detected
-    ended: float
-    complete: bool
-    ended_by: Literal["silence", "audio_stream_end", "activity_end", "disconnect", "rate_change"]
-
-    @property
-    def speech_pcm(self) -> bytes:
-        start = round((self.speech_start - self.offset) * self.rate) * 2
-        return self.pcm[start : start + round(self.duration * self.rate) * 2]
-
-
-@dataclass(frozen=True)
 class ToolResponseRecord:
     """One functionResponse as it came back: accepted, or the reason it was not."""
 
@@ -254,215 +223,6 @@ class _ScenarioFailed(Exception):
 
 class _EndTurn(Exception):
     """Barge-in: the rest of the turn's steps are skipped."""
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Voice activity
-
-
-def frame_rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
-    return float(math.sqrt(np.mean(samples * samples))) if samples.size else 0.0
-
-
-class EnergyVad:
-    """Utterance boundaries in a PCM stream from 20 ms frame energies: start after `speech_start` of voiced
-    frames, end after `end_silence` of quiet ones. Pure and synchronous; the connection feeds it."""
-
-    def __init__(self, settings: VadSettings, conn: int) -> None:
-        self.settings = settings
-        self.conn = conn
-        self.rate: int | None = None
-        self._pending = b""
-        self._stream_s = 0.0  # audio time at the start of the next whole frame
-        self._ring: deque[tuple[bytes, bool, float]] = deque()
-        self._voiced_run = 0
-        self._utt: list[tuple[bytes, bool, float]] | None = None
-        self._utt_offset = 0.0
-        self._first = 0
-        self._last = 0
-        self._silent = 0
-        self._started = 0.0
-        self.manual = False  # in an utterance bounded by activityStart/activityEnd
-        self.manual_only = False  # the client turned automatic activity detection off
-
-    @property
-    def in_speech(self) -> bool:
-        return self._utt is not None
-
-    def _frames(self, seconds: float) -> int:
-        return max(1, round(seconds / FRAME_SECONDS))
-
-    def feed(self, pcm: bytes, rate: int, now: float) -> list[tuple[str, Utterance | None]]:
-        """Events ("start", None) and ("end", utterance) found in this chunk."""
-        events: list[tuple[str, Utterance | None]] = []
-        if self.rate is not None and rate != self.rate:
-            done = self.flush("rate_change", now)
-            if done:
-                events.append(("end", done))
-            self._ring.clear()
-            self._voiced_run = 0
-        self.rate = rate
-        frame_bytes = rate // 50 * 2
-        data = self._pending + pcm
-        usable = len(data) // frame_bytes * frame_bytes
-        self._pending = data[usable:]
-        start_frames = self._frames(self.settings.speech_start)
-        keep = self._frames(self.settings.preroll) + start_frames
-        for pos in range(0, usable, frame_bytes):
-            frame = data[pos : pos + frame_bytes]
-            rms = frame_rms(frame)
-            voiced = rms >= self.settings.threshold
-            item = (frame, voiced, rms * rms * (frame_bytes // 2))
-            frame_start = self._stream_s
-            self._stream_s += FRAME_SECONDS
-            if self._utt is None:
-                self._ring.append(item)
-                while len(self._ring) > keep:
-                    self._ring.popleft()
-                self._voiced_run = self._voiced_run + 1 if voiced else 0
-                if self._voiced_run >= start_frames and not self.manual_only:
-                    self._utt = list(self._ring)
-                    self._utt_offset = frame_start + FRAME_SECONDS - len(self._utt) * FRAME_SECONDS
-                    self._first = len(self._utt) - self._voiced_run
-                    self._last = len(self._utt) - 1
-                    self._silent = 0
-                    self._started = now
-                    self._ring.clear()
-                    events.append(("start", None))
-                continue
-            self._utt.append(item)
-            if voiced:
-                if self._first < 0:
-                    self._first = len(self._utt) - 1
-                self._last = len(self._utt) - 1
-                self._silent = 0
-            else:
-                self._silent += 1
-                if not self.manual and self._silent >= self._frames(self.settings.end_silence):
-                    events.append(("end", self._finish("silence", True, now)))
-        return events
-
-    def begin_manual(self, now: float) -> None:
-        """activityStart: everything until activityEnd is one utterance, whatever its energy."""
-        self.manual = True
-        self._utt = list(self._ring)[-self._frames(self.settings.preroll):] if self._ring else []
-        self._utt_offset = self._stream_s - len(self._utt) * FRAME_SECONDS
-        self._first, self._last, self._silent, self._started = -1, -1, 0, now
-        for i, (_, voiced, _) in enumerate(self._utt):
-            if voiced:
-                self._first = i if self._first < 0 else self._first
-                self._last = i
-        self._ring.clear()
-
-    def flush(self, reason: str, now: float) -> Utterance | None:
-        """The stream stopped (audioStreamEnd, activityEnd, disconnect): the utterance in progress, if any."""
-        if self._utt is None:
-            self._stream_s += len(self._pending) / 2 / (self.rate or 16000)
-            self._pending = b""
-            self.manual = False
-            return None
-        if self._pending:
-            self._utt.append((self._pending, False, 0.0))
-            self._stream_s += len(self._pending) / 2 / (self.rate or 16000)
-            self._pending = b""
-        complete = reason in ("audio_stream_end", "activity_end")
-        return self._finish(reason, complete, now)  # type: ignore[arg-type]
-
-    def _finish(self, reason: Any, complete: bool, now: float) -> Utterance | None:
-        frames = self._utt or []
-        self._utt = None
-        self._voiced_run = 0
-        self.manual = False
-        if self._first < 0 or not frames:
-            return None
-        rate = self.rate or 16000
-        speech = frames[self._first : self._last + 1]
-        samples = sum(len(f) // 2 for f, _, _ in speech)
-        energy = sum(e for _, _, e in speech)
-        return Utterance(
-            conn=self.conn,
-            rate=rate,
-            pcm=b"".join(f for f, _, _ in frames),
-            offset=self._utt_offset,
-            speech_start=self._utt_offset + self._first * FRAME_SECONDS,
-            duration=samples / rate,
-            rms=math.sqrt(energy / samples) if samples else 0.0,
-            started=self._started,
-            ended=now,
-            complete=complete,
-            ended_by=reason,
-        )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# TLS
-
-
-def make_tls_files(directory: Path, hosts: Iterable[str] = ()) -> tuple[Path, Path, Path]:
-    """A fresh CA and a server certificate it signs (SAN: loopback, localhost and `hosts`). Returns the CA
-    certificate, server certificate and server key paths. Made at every start: nothing secret outlives a run."""
-    directory.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "livehome simulator CA")])
-    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False),
-            critical=True,
-        )
-        .add_extension(ca_ski, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    names: list[x509.GeneralName] = [x509.DNSName("localhost")]
-    for host in ["127.0.0.1", "::1", *hosts]:
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            names.append(x509.DNSName(host))
-            continue
-        if not ip.is_unspecified and x509.IPAddress(ip) not in names:
-            names.append(x509.IPAddress(ip))
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
-                          key_encipherment=False, data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False),
-            critical=True,
-        )
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = (directory / n for n in ("sim-ca.pem", "sim-server.pem", "sim-server.key"))
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return ca_file, cert_file, key_file
 
 
 # ----------------------------------------------------------------------------------------------------------------
