@@ -117,7 +117,8 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .sim.server import DEFAULT_MODELS, serve
+    from .sim.protocol import DEFAULT_MODELS
+    from .sim.server import serve
 
     overrides: dict[str, str] = {}
     for item in args.set:

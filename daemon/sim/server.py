@@ -28,14 +28,13 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import signal
 import ssl
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -48,6 +47,31 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 
 from ..speech import SpeechUnavailable, synthesize
+from .protocol import (
+    API_VERSIONS,
+    BAD_KEY,
+    CLIENT_MESSAGES,
+    DEADLINE,
+    DEFAULT_MODELS,
+    FUNCTION_RESPONSE,
+    INVALID_ARGUMENT,
+    MESSAGE_BODIES,
+    NO_KEY,
+    PATH_RE,
+    PCM_MIME,
+    SCHEDULING,
+    SESSION_IN_USE,
+    STD_B64,
+    URLSAFE_B64,
+    ClientSetup,
+    check_setup,
+    duration_json,
+    normalize,
+    short,
+    snake,
+    truncate_reason,
+)
+from .records import Call, ConnectionInfo, Entry, Session, ToolResponseRecord, Violation
 from .scenario import (
     AwaitTools,
     CallSpec,
@@ -66,155 +90,9 @@ from .vad import EnergyVad, Utterance
 
 log = logging.getLogger("livehome.sim.server")
 
-DEFAULT_MODELS = ("models/gemini-3.8-live",)
-API_VERSIONS = ("v1", "v1beta", "v1alpha")
-PATH_RE = re.compile(r"/ws/google\.ai\.generativelanguage\.([A-Za-z0-9]+)\.GenerativeService\.BidiGenerateContent$")
-
-BAD_KEY = (1007, "API key not valid. Please pass a valid API key.")
-NO_KEY = (1008, "Method doesn't allow unregistered callers (callers without established identity). Please use "
-                "API Key or other form of API consumer identity to call this API.")
-INVALID_ARGUMENT = (1007, "Request contains an invalid argument.")
-DEADLINE = (1011, "Deadline expired before operation could complete.")
-SESSION_IN_USE = (1011, "The session is in use by another connection.")
-
-_URLSAFE_B64 = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
-_STD_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
-_PCM_MIME = re.compile(r"^audio/pcm(?:\s*;\s*rate=(\d+))?\s*$", re.IGNORECASE)
-_SCHEDULING = ("SCHEDULING_UNSPECIFIED", "SILENT", "WHEN_IDLE", "INTERRUPT")
-
-# The setup keys the service knows (snake_case; the SDK sends camelCase at the top levels and snake_case in the
-# dicts it passes through). None: any value; a dict: its known keys.
-_BLOB = {"data": None, "mime_type": None, "display_name": None}
-_GENERATION_CONFIG = {
-    **dict.fromkeys(
-        [
-            "audio_timestamp", "audio_transcription_config", "candidate_count", "enable_affective_dialog",
-            "enable_enhanced_civic_answers", "frequency_penalty", "logprobs", "max_output_tokens",
-            "media_resolution", "model_selection_config", "presence_penalty", "response_format",
-            "response_json_schema", "response_logprobs", "response_mime_type", "response_modalities",
-            "response_schema", "routing_config", "seed", "stop_sequences", "temperature", "top_k", "top_p",
-            "translation_config",
-        ]
-    ),
-    "speech_config": {"voice_config": None, "language_code": None, "multi_speaker_voice_config": None},
-    "thinking_config": {"include_thoughts": None, "thinking_budget": None, "thinking_level": None},
-}
-_SETUP = {
-    "model": None,
-    "generation_config": _GENERATION_CONFIG,
-    "system_instruction": None,
-    "tools": None,
-    "session_resumption": {"handle": None, "transparent": None},
-    "context_window_compression": {"trigger_tokens": None, "sliding_window": {"target_tokens": None}},
-    "input_audio_transcription": None,
-    "output_audio_transcription": None,
-    "realtime_input_config": {
-        "automatic_activity_detection": dict.fromkeys(
-            ["disabled", "start_of_speech_sensitivity", "end_of_speech_sensitivity", "prefix_padding_ms",
-             "silence_duration_ms"]
-        ),
-        "activity_handling": None,
-        "turn_coverage": None,
-        "interim_transcript_timestamp_enabled": None,
-    },
-    "proactivity": {"proactive_audio": None, "proactive_video": None},
-    "history_config": None,
-    "avatar_config": None,
-    "safety_settings": None,
-    "labels": None,
-}
-_REALTIME_INPUT = {"audio": _BLOB, "audio_stream_end": None, "text": None, "activity_start": {},
-                   "activity_end": {}, "video": _BLOB, "media_chunks": None}
-_CLIENT_CONTENT = {"turns": None, "turn_complete": None}
-_TOOL_RESPONSE = {"function_responses": None}
-_FUNCTION_RESPONSE = dict.fromkeys(["id", "name", "response", "scheduling", "will_continue", "parts"])
-_CONTEXT_UPDATE = {"system_instruction": None, "tools": None}
-_CLIENT_MESSAGES = ("setup", "client_content", "realtime_input", "tool_response", "context_update")
-
 
 # ----------------------------------------------------------------------------------------------------------------
-# Records
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One line of the protocol transcript. `conn` is the connection number (0: no connection); `t` is
-    time.monotonic()."""
-
-    conn: int
-    direction: Literal["in", "out", "event"]
-    kind: str
-    detail: dict[str, Any]
-    t: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"conn": self.conn, "dir": self.direction, "kind": self.kind, "t": round(self.t, 6), **self.detail}
-
-
-@dataclass(frozen=True)
-class Violation:
-    conn: int
-    message: str
-    t: float
-
-    def __str__(self) -> str:
-        return f"connection {self.conn}: {self.message}" if self.conn else self.message
-
-
-@dataclass(frozen=True)
-class ToolResponseRecord:
-    """One functionResponse as it came back: accepted, or the reason it was not."""
-
-    id: str | None
-    name: str | None
-    response: Any
-    scheduling: str | None
-    conn: int
-    t: float
-    accepted: bool
-    problem: str | None
-    latency: float | None  # since the call was (last) sent
-
-
-@dataclass
-class ConnectionInfo:
-    number: int
-    path: str
-    api_version: str
-    opened: float
-    model: str | None = None
-    session: int | None = None
-    resumed: bool = False
-    handle: str | None = None
-    setup: dict[str, Any] | None = None
-    declared_tools: tuple[str, ...] = ()
-    rejected: tuple[int, str] | None = None
-    closed: float | None = None
-    close_code: int | None = None
-    close_reason: str | None = None
-    closed_by: Literal["client", "server", "abort", "network"] | None = None
-    audio_bytes: int = 0
-    audio_seconds: float = 0.0
-    first_audio: float | None = None  # monotonic time the first audio byte arrived
-
-
-@dataclass
-class _Call:
-    id: str
-    name: str
-    args: dict[str, Any]
-    sent: float
-    conn: int
-    times_sent: int = 1
-    state: Literal["outstanding", "answered", "cancelled"] = "outstanding"
-    changed: float | None = None
-
-
-@dataclass
-class _Session:
-    number: int
-    calls: dict[str, _Call] = field(default_factory=dict)
-    latest_handle: str | None = None
+# Scenario control
 
 
 class _ScenarioFailed(Exception):
@@ -229,51 +107,10 @@ class _EndTurn(Exception):
 # Helpers
 
 
-def _snake(key: str) -> str:
-    return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", key).lower()
-
-
-def _normalize(obj: dict[str, Any], spec: Mapping[str, Any], where: str, problems: list[str]) -> dict[str, Any]:
-    """snake_case keys at every level the spec knows; unknown or doubled keys become problems worded like the
-    service's own parse errors."""
-    out: dict[str, Any] = {}
-    for key, value in obj.items():
-        name = _snake(str(key))
-        if name not in spec:
-            problems.append(f"Invalid JSON payload received. Unknown name \"{key}\" at '{where}': Cannot find field.")
-            continue
-        if name in out:
-            problems.append(f"Invalid JSON payload received. Field '{where}.{name}' is set twice ({key}).")
-            continue
-        sub = spec[name]
-        if isinstance(sub, dict):
-            if not isinstance(value, dict):
-                problems.append(f"Invalid value at '{where}.{name}': expected an object, got {type(value).__name__}")
-                continue
-            value = _normalize(value, sub, f"{where}.{name}", problems)
-        out[name] = value
-    return out
-
-
-def _truncate(reason: str) -> str:
-    """Close reasons are at most 123 bytes; the service cuts longer ones the same way."""
-    return reason.encode()[:123].decode(errors="ignore")
-
-
-def _duration_json(seconds: float) -> str:
-    """A protobuf Duration in JSON, as the service writes goAway.timeLeft: "10s", "0.500s"."""
-    return f"{seconds:.0f}s" if seconds == int(seconds) else f"{seconds:.3f}s"
-
-
 def _contains(actual: Any, wanted: Any) -> bool:
     if isinstance(wanted, dict):
         return isinstance(actual, dict) and all(k in actual and _contains(actual[k], v) for k, v in wanted.items())
     return bool(actual == wanted)
-
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _fallback_voice(text: str, rate: int) -> bytes:
@@ -296,7 +133,7 @@ class _Conn:
         self.sim = sim
         self.ws = ws
         self.info = info
-        self.session: _Session | None = None
+        self.session: Session | None = None
         self.vad = EnergyVad(sim.scenario.settings.vad, info.number)
         self.ready = False
         self.aborted = False
@@ -338,7 +175,7 @@ class _Conn:
     async def close(self, code: int, reason: str) -> None:
         self.sim._record(self.number, "out", "close", code=code, reason=reason)
         with contextlib.suppress(ConnectionClosed):
-            await self.ws.close(code, _truncate(reason))
+            await self.ws.close(code, truncate_reason(reason))
 
 
 @dataclass
@@ -421,7 +258,7 @@ class Simulator:
         self._current: _Conn | None = None
         self._sessions = itertools.count(1)
         self._conn_numbers = itertools.count(1)
-        self._handles: dict[str, tuple[_Session, dict[str, _Call]]] = {}
+        self._handles: dict[str, tuple[Session, dict[str, Call]]] = {}
         self._speech_seq = 0
         self._voices: dict[str, bytes] = {}
         self._position = "not started"
@@ -625,13 +462,13 @@ class Simulator:
         setup = await self._check_setup(conn, message["setup"])
         if setup is None:
             return False
-        model = setup["model"]
+        model = setup.model
         if model not in self.models:
             await conn.refuse(1008, f"{model} is not found for API version {conn.info.api_version}, or is not "
                                     "supported for bidiGenerateContent. Call ListModels to see the list of "
                                     "available models and their supported methods.")
             return False
-        handle = (setup.get("session_resumption") or {}).get("handle")
+        handle = setup.handle
         if handle:
             found = self._handles.get(handle)
             if found is None:
@@ -648,7 +485,7 @@ class Simulator:
             session.calls = copy.deepcopy(snapshot)
             conn.info.resumed, conn.info.handle = True, handle
         else:
-            session = _Session(next(self._sessions))
+            session = Session(next(self._sessions))
             superseded = False
         conn.session = session
         conn.info.session = session.number
@@ -665,67 +502,24 @@ class Simulator:
         self._notify()
         return True
 
-    async def _check_setup(self, conn: _Conn, raw: Any) -> dict[str, Any] | None:
-        problems: list[str] = []
-        if not isinstance(raw, dict):
-            problems.append("setup must be an object")
-            setup: dict[str, Any] = {}
-        else:
-            setup = _normalize(raw, _SETUP, "setup", problems)
-        model = setup.get("model")
-        if not isinstance(model, str) or not model:
-            problems.append("setup.model is missing")
-        elif not model.startswith("models/"):
-            problems.append(f"setup.model must be models/<name>, got {model!r}")
-        gen = setup.get("generation_config") or {}
-        modalities = gen.get("response_modalities")
-        if modalities is not None and (
-            not isinstance(modalities, list) or len(modalities) != 1 or modalities[0] not in ("AUDIO", "TEXT")
-        ):
-            problems.append(f"generation_config.response_modalities must be [AUDIO] or [TEXT], got {modalities!r}")
-        declared: list[str] = []
-        tools = setup.get("tools", [])
-        if not isinstance(tools, list):
-            problems.append("setup.tools must be a list")
-            tools = []
-        for i, tool in enumerate(tools):
-            if not isinstance(tool, dict):
-                problems.append(f"setup.tools[{i}] must be an object")
-                continue
-            decls = tool.get("function_declarations", tool.get("functionDeclarations", []))
-            for j, decl in enumerate(decls if isinstance(decls, list) else []):
-                name = decl.get("name") if isinstance(decl, dict) else None
-                if not isinstance(name, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$", name):
-                    problems.append(f"setup.tools[{i}].function_declarations[{j}].name is not a valid name: {name!r}")
-                elif name in declared:
-                    problems.append(f"duplicate function declaration {name!r}")
-                else:
-                    declared.append(name)
-        for key in ("input_audio_transcription", "output_audio_transcription"):
-            if key in setup and not isinstance(setup[key], dict):
-                problems.append(f"setup.{key} must be an object")
-        resumption = setup.get("session_resumption")
-        if resumption is not None and not isinstance(resumption.get("handle", ""), str | None):
-            problems.append("setup.session_resumption.handle must be a string")
-        vad = ((setup.get("realtime_input_config") or {}).get("automatic_activity_detection") or {})
-        if not isinstance(vad.get("disabled", False), bool):
-            problems.append("automatic_activity_detection.disabled must be a boolean")
-        if problems:
+    async def _check_setup(self, conn: _Conn, raw: Any) -> ClientSetup | None:
+        setup, problems = check_setup(raw)
+        if setup is None:
             for p in problems:
                 self._violation(conn.number, p)
             await conn.refuse(1007, problems[0] if problems[0].startswith("Invalid JSON") else INVALID_ARGUMENT[1])
             return None
-        conn.info.model = model
-        conn.info.setup = setup
-        conn.info.declared_tools = tuple(declared)
-        conn.input_transcription = "input_audio_transcription" in setup
-        conn.output_transcription = "output_audio_transcription" in setup
-        conn.resumption = "session_resumption" in setup
-        conn.manual_activity = vad.get("disabled", False) is True
+        conn.info.model = setup.model
+        conn.info.setup = setup.fields
+        conn.info.declared_tools = setup.declared_tools
+        conn.input_transcription = setup.input_transcription
+        conn.output_transcription = setup.output_transcription
+        conn.resumption = setup.resumption
+        conn.manual_activity = setup.manual_activity
         conn.vad.manual_only = conn.manual_activity
-        conn.text_mode = modalities == ["TEXT"]
-        self._record(conn.number, "in", "setup", model=model, tools=list(declared),
-                     modalities=modalities or ["AUDIO"], handle=(resumption or {}).get("handle"),
+        conn.text_mode = setup.text_mode
+        self._record(conn.number, "in", "setup", model=setup.model, tools=list(setup.declared_tools),
+                     modalities=setup.modalities or ["AUDIO"], handle=setup.handle,
                      resumption=conn.resumption, input_transcription=conn.input_transcription,
                      output_transcription=conn.output_transcription, manual_activity=conn.manual_activity)
         return setup
@@ -743,17 +537,17 @@ class Simulator:
         try:
             message = json.loads(raw)
         except json.JSONDecodeError as exc:
-            self._violation(conn.number, f"frame is not JSON ({exc.msg}): {_short(raw)}")
+            self._violation(conn.number, f"frame is not JSON ({exc.msg}): {short(raw)}")
             await conn.refuse(1007, f"Invalid JSON payload received. {exc.msg}.")
             return None
         if not isinstance(message, dict):
-            self._violation(conn.number, f"frame is not a JSON object: {_short(raw)}")
+            self._violation(conn.number, f"frame is not a JSON object: {short(raw)}")
             await conn.refuse(1007, "Invalid JSON payload received.")
             return None
         out: dict[str, Any] = {}
         for key, value in message.items():
-            name = _snake(key)
-            if name not in _CLIENT_MESSAGES:
+            name = snake(key)
+            if name not in CLIENT_MESSAGES:
                 self._violation(conn.number, f"unknown message kind {key!r}")
                 await conn.refuse(1007, f"Invalid JSON payload received. Unknown name \"{key}\": Cannot find field.")
                 return None
@@ -770,13 +564,12 @@ class Simulator:
             if kind == "setup":
                 self._violation(conn.number, "setup sent again on an established connection")
                 continue
-            spec = {"realtime_input": _REALTIME_INPUT, "client_content": _CLIENT_CONTENT,
-                    "tool_response": _TOOL_RESPONSE, "context_update": _CONTEXT_UPDATE}[kind]
+            spec = MESSAGE_BODIES[kind]
             if not isinstance(body, dict):
-                self._violation(conn.number, f"{kind} must be an object, got {_short(body)}")
+                self._violation(conn.number, f"{kind} must be an object, got {short(body)}")
                 continue
             problems: list[str] = []
-            body = _normalize(body, spec, kind, problems)
+            body = normalize(body, spec, kind, problems)
             if problems:
                 for p in problems:
                     self._violation(conn.number, p)
@@ -790,19 +583,19 @@ class Simulator:
             await self._on_audio(conn, body["audio"], "audio")
         for chunk in body.get("media_chunks") or []:
             if isinstance(chunk, dict) and str(chunk.get("mime_type", chunk.get("mimeType", ""))).startswith("audio"):
-                await self._on_audio(conn, {_snake(k): v for k, v in chunk.items()}, "media_chunks")
+                await self._on_audio(conn, {snake(k): v for k, v in chunk.items()}, "media_chunks")
         if "video" in body:
             self._record(conn.number, "in", "video")
         if "text" in body:
             text = body["text"]
             if not isinstance(text, str):
-                self._violation(conn.number, f"realtime_input.text must be a string, got {_short(text)}")
+                self._violation(conn.number, f"realtime_input.text must be a string, got {short(text)}")
             else:
                 self._record(conn.number, "in", "text", text=text, via="realtime_input")
                 self._queue(_Input("text", conn.number, text=text))
         if "audio_stream_end" in body:
             if body["audio_stream_end"] is not True:
-                self._violation(conn.number, f"audioStreamEnd must be true, got {_short(body['audio_stream_end'])}")
+                self._violation(conn.number, f"audioStreamEnd must be true, got {short(body['audio_stream_end'])}")
             self._record(conn.number, "in", "audio_stream_end")
             self._utterance_ended(conn, conn.vad.flush("audio_stream_end", now))
         if "activity_start" in body:
@@ -832,8 +625,8 @@ class Simulator:
         if not isinstance(data, str):
             self._violation(conn.number, f"{via}: audio.data must be a base64 string")
             return
-        if not _URLSAFE_B64.match(data) or len(data) % 4:
-            if _STD_B64.match(data) and len(data) % 4 == 0:
+        if not URLSAFE_B64.match(data) or len(data) % 4:
+            if STD_B64.match(data) and len(data) % 4 == 0:
                 self._violation(conn.number, f"{via}: audio.data uses the standard base64 alphabet; the SDK sends "
                                              "URL-safe base64")
             else:
@@ -846,7 +639,7 @@ class Simulator:
         except binascii.Error:
             self._violation(conn.number, f"{via}: audio.data is not valid base64")
             return
-        match = _PCM_MIME.match(mime) if isinstance(mime, str) else None
+        match = PCM_MIME.match(mime) if isinstance(mime, str) else None
         if match is None:
             self._violation(conn.number, f"{via}: audio mime_type must be audio/pcm;rate=<Hz>, got {mime!r}")
             return
@@ -926,10 +719,10 @@ class Simulator:
             return
         for raw in responses:
             problems: list[str] = []
-            fr = _normalize(raw, _FUNCTION_RESPONSE, "tool_response.function_responses", problems) \
+            fr = normalize(raw, FUNCTION_RESPONSE, "tool_response.function_responses", problems) \
                 if isinstance(raw, dict) else {}
             if not isinstance(raw, dict):
-                problems.append(f"a function response must be an object, got {_short(raw)}")
+                problems.append(f"a function response must be an object, got {short(raw)}")
             self._answer(conn, fr, problems)
         self._notify()
 
@@ -952,8 +745,8 @@ class Simulator:
         if call is not None and name != call.name:
             problems.append(f"response to call {call_id!r} names {name!r}, the call was {call.name!r}")
         if response is not None and not isinstance(response, dict):
-            problems.append(f"response to {call_id!r}: `response` must be an object, got {_short(response)}")
-        if scheduling is not None and scheduling not in _SCHEDULING:
+            problems.append(f"response to {call_id!r}: `response` must be an object, got {short(response)}")
+        if scheduling is not None and scheduling not in SCHEDULING:
             problems.append(f"response to {call_id!r}: unknown scheduling {scheduling!r}")
         accepted = not problems
         if accepted and call is not None:
@@ -1084,7 +877,7 @@ class Simulator:
                 raise _ScenarioFailed(f"no open connection from the client for {timeout:g} s")
 
     @property
-    def _session(self) -> _Session | None:
+    def _session(self) -> Session | None:
         return self._current.session if self._current else None
 
     async def _server_content(self, kind: str, content: dict[str, Any], **detail: Any) -> None:
@@ -1111,7 +904,7 @@ class Simulator:
                                              f"declare it (declared: {', '.join(conn.info.declared_tools) or 'none'})")
             call = conn.session.calls.get(call_id)
             if call is None:
-                conn.session.calls[call_id] = _Call(call_id, spec.name, dict(spec.args), now, conn.number)
+                conn.session.calls[call_id] = Call(call_id, spec.name, dict(spec.args), now, conn.number)
             else:
                 call.times_sent += 1
                 call.sent = now
@@ -1148,8 +941,8 @@ class Simulator:
             if not got:
                 self._violation(0, f"await_tools: call {call_id!r} ended without a response to check")
             elif not _contains(got[-1].response, wanted):
-                self._violation(got[-1].conn, f"response to {call_id!r} is {_short(got[-1].response)}, expected it "
-                                              f"to contain {_short(wanted)}")
+                self._violation(got[-1].conn, f"response to {call_id!r} is {short(got[-1].response)}, expected it "
+                                              f"to contain {short(wanted)}")
 
     async def _step_say(self, say: Say, ctx: _TurnCtx) -> None:
         conn = await self._conn()
@@ -1234,7 +1027,7 @@ class Simulator:
 
     async def _step_go_away(self, spec: GoAway, ctx: _TurnCtx) -> None:
         conn = await self._conn()
-        left = _duration_json(spec.time_left)
+        left = duration_json(spec.time_left)
         if await conn.send("go_away", {"goAway": {"timeLeft": left}}, time_left=left):
             ctx.marker = conn.number
             conn.expiry = asyncio.create_task(self._expire(conn, spec.time_left))
