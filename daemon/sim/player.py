@@ -20,6 +20,7 @@ import numpy as np
 from websockets.protocol import State
 
 from ..speech import SpeechUnavailable, synthesize
+from .connection import Connection
 from .protocol import DEADLINE, duration_json, short
 from .records import Call, Session
 from .scenario import AwaitTools, CallSpec, Close, ExpectReconnect, GoAway, ResumptionUpdate, Say, Step, Turn
@@ -27,7 +28,6 @@ from .vad import Utterance
 
 if TYPE_CHECKING:
     from .server import Simulator
-    from .server import _Conn as Connection
 
 log = logging.getLogger("livehome.sim.player")
 
