@@ -19,9 +19,9 @@ from bench.bench_tools import raw_paho
 from bench.common import Row, percentile
 from daemon.audio.outputs import WavSink
 from daemon.live.session import LiveSession
-from daemon.live.simulator import Simulator
 from daemon.loading import load
-from daemon.localbroker import running_broker
+from daemon.sim.broker import running_broker
+from daemon.sim.server import Simulator
 from daemon.tools.stack import running_tools
 
 ROUNDS = 40

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from bench.common import Row, percentile
-from daemon.localbroker import running_broker
+from daemon.sim.broker import running_broker
 
 ROUNDS = 5  # ours and the baseline alternate, so drift of the machine hits both alike
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,8 +16,8 @@ import paho.mqtt.client as paho
 from bench.common import Row, percentile
 from daemon.calls import ToolCall
 from daemon.loading import load
-from daemon.localbroker import running_broker
 from daemon.mqtt.link import MqttLink
+from daemon.sim.broker import running_broker
 from daemon.tools.engine import Engine
 
 CALLS = 1000

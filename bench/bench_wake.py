@@ -22,10 +22,10 @@ from google.genai import types
 
 from bench.common import Row, percentile
 from daemon.audio.speech import silence, synthesize
-from daemon.live.simulator import Simulator
 from daemon.loading import load
-from daemon.localbroker import running_broker
 from daemon.runtime import Daemon, Options
+from daemon.sim.broker import running_broker
+from daemon.sim.server import Simulator
 
 LISTEN_SECONDS = 14.0
 SETTLE = 2.0  # after start-up, before the CPU window

@@ -109,7 +109,8 @@ def cmd_say(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from .live.simulator import DEFAULT_MODELS, serve
+    from .sim.protocol import DEFAULT_MODELS
+    from .sim.server import serve
 
     overrides: dict[str, str] = {}
     for item in args.set:
@@ -168,7 +169,7 @@ def cmd_wake_test(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import demo
+    from .sim.demo import demo
 
     return asyncio.run(demo(args.dir))
 

@@ -13,8 +13,8 @@ from daemon.calls import ToolCall
 from daemon.config import Gemini
 from daemon.credentials import clear_secrets
 from daemon.live.client import SetupError, api_key
-from daemon.live.simulator import make_tls_files
 from daemon.loading import load
+from daemon.sim.tls import make_tls_files
 from daemon.tools.stack import running_tools
 from tests.support.broker import Broker
 

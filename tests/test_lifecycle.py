@@ -22,7 +22,7 @@ import pytest
 
 from daemon.audio.speech import silence
 from daemon.config import EX_CONFIG
-from daemon.live.simulator import Simulator
+from daemon.sim.server import Simulator
 from tests.support.broker import Broker, running_broker
 from tests.support.daemonproc import WatchedBroker, daemon_process
 from tests.support.livestack import KEY, TOOLS

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from daemon.audio.speech import silence
-from daemon.live.simulator import Simulator
 from daemon.loading import load
 from daemon.runtime import Daemon, Options
+from daemon.sim.server import Simulator
 from tests.support.broker import Broker
 from tests.support.daemonrig import Trace, config_text, running_daemon
 from tests.support.livestack import KEY, light_reply

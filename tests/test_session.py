@@ -156,7 +156,7 @@ async def test_bad_key_is_a_clear_fatal_error_and_is_never_logged(
     assert "reconnecting" not in rig.kinds()  # retrying cannot fix a bad key
     assert any(r.levelno == logging.ERROR and "API key" in r.getMessage() for r in caplog.records)
     # Everything the daemon side logged, at every level (the simulator's own server may log what it received).
-    ours = [r for r in caplog.records if not r.name.startswith(("websockets.server", "livehome.simulator"))]
+    ours = [r for r in caplog.records if not r.name.startswith(("websockets.server", "livehome.sim"))]
     logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in ours)
     assert ours and wrong not in logged and KEY not in logged
 

@@ -17,8 +17,8 @@ from google import genai
 from google.genai import errors, types
 from websockets.asyncio.client import connect as ws_connect
 
-from daemon.live.scenario import ConfigError, load_scenario, packaged_scenarios
-from daemon.live.simulator import Simulator, serve
+from daemon.sim.scenario import ConfigError, load_scenario, packaged_scenarios
+from daemon.sim.server import Simulator, serve
 from tests.support.sim import MODEL, audio_of, client_for, live_config, messages, send_pcm, speech, until, voiced
 
 Start = Callable[..., Awaitable[Simulator]]

@@ -1,5 +1,5 @@
 """Tests use the package's own private-broker runner."""
 
-from daemon.localbroker import Broker, free_port, running_broker
+from daemon.sim.broker import Broker, free_port, running_broker
 
 __all__ = ["Broker", "free_port", "running_broker"]

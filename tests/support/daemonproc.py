@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from daemon.audio.speech import silence
-from daemon.localbroker import Broker
+from daemon.sim.broker import Broker
 from tests.support.notify import NotifySocket
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon.events import Event
-from daemon.live.simulator import Simulator
 from daemon.loading import load
 from daemon.runtime import Daemon, Options
+from daemon.sim.server import Simulator
 from tests.support.broker import Broker
 from tests.support.livestack import KEY, TOOLS, light_reply
 from tests.support.mqttworld import World, device, world

@@ -13,9 +13,9 @@ from typing import Any
 from daemon.audio.outputs import WavSink
 from daemon.events import Event
 from daemon.live.session import LiveSession
-from daemon.live.simulator import Simulator
 from daemon.loading import load
 from daemon.mqtt.link import MqttLink
+from daemon.sim.server import Simulator
 from daemon.tools.engine import Engine
 from daemon.tools.stack import running_tools
 from tests.support.broker import Broker

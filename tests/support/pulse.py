@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from daemon.localbroker import stop_process
+from daemon.sim.broker import stop_process
 
 PULSEAUDIO = shutil.which("pulseaudio")
 MISSING = "pulseaudio is not installed (apt install pulseaudio libasound2-plugins)"

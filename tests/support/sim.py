@@ -12,7 +12,7 @@ from google import genai
 from google.genai import types
 
 from daemon.audio.speech import silence, synthesize
-from daemon.live.simulator import Simulator
+from daemon.sim.server import Simulator
 
 MODEL = "gemini-3.8-live"
 

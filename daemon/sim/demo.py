@@ -20,18 +20,18 @@ from typing import TextIO
 
 import aiomqtt
 
-from .audio.frames import output_seconds
-from .audio.speech import silence, synthesize
-from .live.simulator import Simulator
-from .loading import load
-from .localbroker import running_broker
-from .runtime import Daemon, Options
-from .trace import Trace
+from ..audio.frames import output_seconds
+from ..audio.speech import silence, synthesize
+from ..loading import load
+from ..runtime import Daemon, Options
+from ..trace import Trace
+from .broker import running_broker
+from .server import Simulator
 
 UTTERANCE = "hey jarvis, turn on the kitchen light"
 LIGHT = "Kitchen Ceiling"  # the zigbee2mqtt friendly name
 KEY = "demo-key-not-secret"
-PACK = Path(__file__).resolve().parent.parent / "tools" / "zigbee2mqtt.yaml"
+PACK = Path(__file__).resolve().parents[2] / "tools" / "zigbee2mqtt.yaml"
 
 SCENARIO = """
 description: the kitchen light, as the model would handle it with the zigbee2mqtt tool pack
