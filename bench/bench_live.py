@@ -18,6 +18,7 @@ from google.genai import types
 from bench.bench_tools import raw_paho
 from bench.common import Row, percentile
 from daemon.audio.outputs import WavSink
+from daemon.events import Event, Interrupted
 from daemon.live.session import LiveSession
 from daemon.loading import load
 from daemon.sim.broker import running_broker
@@ -73,8 +74,8 @@ async def ours(tmp: Path, broker_port: int, host: str) -> tuple[list[float], lis
         flushed: list[float] = []
         got = asyncio.Event()
 
-        def observe(kind: str, data: dict) -> None:
-            if kind == "interrupted":
+        def observe(event: Event) -> None:
+            if isinstance(event, Interrupted):
                 flushed.append(time.monotonic())
                 got.set()
 

@@ -22,6 +22,7 @@ from google.genai import types
 
 from bench.common import Row, percentile
 from daemon.audio.speech import silence, synthesize
+from daemon.events import Event, WakeHeard
 from daemon.loading import load
 from daemon.runtime import Daemon, Options
 from daemon.sim.broker import running_broker
@@ -118,8 +119,8 @@ class WakeClock:
     def __init__(self) -> None:
         self.woke: list[float] = []
 
-    def daemon_event(self, kind: str, data: dict) -> None:
-        if kind == "wake":
+    def notify(self, event: Event) -> None:
+        if isinstance(event, WakeHeard):
             self.woke.append(time.monotonic())
 
 
