@@ -1,4 +1,5 @@
-"""`livehome` command line. Each subcommand is a thin shell over a module that does the work."""
+"""`livehome` command line. Each subcommand is a thin shell over a module that does the work. The global options
+(-v, -q, --config) go before or after the subcommand."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -15,7 +17,7 @@ from typing import Any
 from .config import EX_CONFIG
 from .loading import Loaded, json_schema, load
 from .logs import logger
-from .yamlsrc import ConfigError
+from .yamlsrc import ConfigError, Problem
 
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
@@ -23,24 +25,47 @@ EX_UNAVAILABLE = 69
 log = logger(__name__)
 
 
+def _print_problems(path: Path, problems: Sequence[Problem | str]) -> None:
+    print(f"{path}: invalid configuration", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
 def _load_or_exit(path: Path) -> Loaded:
     try:
-        return load(path)
+        loaded = load(path)
     except ConfigError as exc:
-        print(f"{path}: invalid configuration", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+        _print_problems(path, exc.problems)
         raise SystemExit(EX_CONFIG) from None
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return loaded
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .preflight import online, preflight
+
     loaded = _load_or_exit(args.config)
+    problems = preflight(loaded)
+    if problems:
+        _print_problems(args.config, problems)
+        return EX_CONFIG
     reg = loaded.registry
     print(
         f"OK: {args.config}: {len(reg.tools)} tools, {len(reg.topics)} topics they may publish to, "
         f"{len(reg.watched)} state topics watched"
     )
-    return 0
+    model = loaded.model
+    known = "its profile" if model.known else "not in livehome's table, a conservative profile"
+    print(f"  model {loaded.config.gemini.model} ({known}): {model.note}")
+    if not args.online:
+        return 0
+    trouble, notes = asyncio.run(online(loaded))
+    for note in notes:
+        print(f"  {note}")
+    for line in trouble:
+        print(f"  unreachable: {line}", file=sys.stderr)
+    return EX_UNAVAILABLE if trouble else 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -73,15 +98,27 @@ def parse_call_args(pairs: Sequence[str]) -> dict[str, Any]:
 
 async def _call(loaded: Loaded, name: str, call_args: dict[str, Any], wait: float) -> int:
     from .calls import ToolCall
+    from .events import Event, ToolFinished
     from .tools.stack import running_tools
 
+    finished: list[ToolFinished] = []
+
+    def seen(event: Event) -> None:
+        if isinstance(event, ToolFinished):
+            finished.append(event)
+
     started = time.monotonic()
-    async with running_tools(loaded.registry, loaded.config.mqtt, connect_wait=wait) as (link, engine):
+    async with running_tools(loaded.registry, loaded.config.mqtt, seen, connect_wait=wait) as (link, engine):
         connect_time = time.monotonic() - started
         if not link.connected:
-            print(f"broker {link.where} not reachable within {wait:g}s ({link.last_error})", file=sys.stderr)
+            print(f"MQTT broker {link.where} not reachable within {wait:g}s ({link.last_error})", file=sys.stderr)
+            return EX_UNAVAILABLE
+        await link.wait_settled(wait)  # a read answers from the retained state on the broker
         response = await engine.run(ToolCall("cli-1", name, call_args))
     assert response is not None
+    for event in finished:
+        for message in event.published:
+            print(f"published {message}")
     print(json.dumps(response.response, indent=2, ensure_ascii=False))
     print(f"outcome: {response.outcome}, scheduling: {response.scheduling or '-'} (BLOCKING tools have none)")
     steps = {"connect": connect_time, **response.timings}
@@ -174,27 +211,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo(args.dir))
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from .bundled import example_config, packs
+
+    target: Path = args.dir
+    config = target / "config.yaml"
+    if config.exists() and not args.force:
+        print(f"livehome init: {config} exists; keep it, or write over it with --force", file=sys.stderr)
+        return 1
+    target.mkdir(parents=True, exist_ok=True)
+    text = example_config().read_text()
+    if args.packs:
+        (target / "packs").mkdir(exist_ok=True)
+        for name, path in packs().items():
+            shutil.copyfile(path, target / "packs" / path.name)
+            text = text.replace(f"include: {name}\n", f"include: packs/{path.name}\n")
+        print(f"copied the tool packs to {target / 'packs'}/ (the config includes these copies)")
+    config.write_text(text)
+    print(f"wrote {config}; next: livehome check --config {config}")
+    return 0
+
+
+def version() -> str:
+    from .mqtt.discovery import version as package_version
+
+    return package_version()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    # Global options are declared on both the main parser and each subcommand; a subcommand's copy has no
+    # default, so a value given before the subcommand survives.
+    def global_options(p: argparse.ArgumentParser, defaults: bool) -> None:
+        d = (lambda v: v) if defaults else (lambda v: argparse.SUPPRESS)
+        p.add_argument("-v", "--verbose", action="store_true", default=d(False), help="debug logging")
+        p.add_argument("-q", "--quiet", action="store_true", default=d(False), help="warnings and errors only")
+        p.add_argument("-c", "--config", type=Path, default=d(Path("config.yaml")), help="config file")
+
     parser = argparse.ArgumentParser(prog="livehome", description="Wake word → Gemini Live → MQTT voice daemon.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"livehome {version()}")
+    global_options(parser, defaults=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, func: Callable[[argparse.Namespace], int], help_: str, config: bool = True):
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_, description=help_)
-        if config:
-            p.add_argument("--config", "-c", type=Path, default=Path("config.yaml"), help="config file")
+        global_options(p, defaults=False)
         p.set_defaults(func=func)
         return p
 
     p = command("run", cmd_run, "run the daemon: listen for the wake word, talk, act (the systemd service)")
     p.add_argument("--input", help="'-' for raw 16 kHz s16le mono on stdin, or a WAV/raw file (overrides audio.input)")
     p.add_argument("--output", help="a .wav file to record what is played, or 'none' (overrides audio.output)")
-    p = command("demo", cmd_demo, "offline end-to-end run: local mosquitto, Live simulator, spoken wake word", False)
+    p = command("init", cmd_init, "write a commented config.yaml into DIR (and, with --packs, copies of the packs)")
+    p.add_argument("dir", type=Path, help="where to write config.yaml, e.g. ~/.config/livehome")
+    p.add_argument("--packs", action="store_true", help="also copy the bundled tool packs there, to edit")
+    p.add_argument("--force", action="store_true", help="write over an existing config.yaml")
+    p = command("demo", cmd_demo, "offline end-to-end run: local mosquitto, Live simulator, spoken wake word")
     p.add_argument("--dir", type=Path, help="where to keep the files (default: a new temporary folder)")
-    command("check", cmd_check, "validate a config file (exit 78 when invalid)")
-    command("schema", cmd_schema, "print the config's JSON Schema (for editor completion)", config=False)
+    p = command("check", cmd_check, "everything start-up checks, all problems at once (exit 78 when invalid)")
+    p.add_argument("--online", action="store_true", help="also probe the broker, the Live endpoint and state topics")
+    command("schema", cmd_schema, "print the config's JSON Schema (for editor completion)")
     command("tools", cmd_tools, "print the function declarations exactly as sent to Gemini")
-    command("devices", cmd_devices, "list the sound devices (for audio.input.device / audio.output.device)", False)
+    command("devices", cmd_devices, "list the sound devices (for audio.input.device / audio.output.device)")
     p = command("wake-test", cmd_wake_test, "run a WAV file through the wake word: detections, scores, times")
     p.add_argument("file", type=Path, help="a WAV file (any rate, mono or stereo)")
     p = command("call", cmd_call, "run one tool against the configured broker and time each step")
@@ -206,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="+", help="what you would have said")
     p.add_argument("--output", type=Path, help="write the model's voice to this WAV file")
     p.add_argument("--idle", type=float, default=3.0, help="end after this many quiet seconds (default 3)")
-    p = command("simulate", cmd_simulate, "run the local Gemini Live simulator on a scenario", config=False)
+    p = command("simulate", cmd_simulate, "run the local Gemini Live simulator on a scenario")
     p.add_argument(
         "scenario",
         help="a packaged scenario (lights_on, slow_tool_barge_in, goaway_mid_turn, "
@@ -234,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)  # the journal under systemd, readable lines on a terminal; secrets redacted
-    if args.command != "run" and not args.verbose:
+    if args.quiet or (args.command != "run" and not args.verbose):
         logging.getLogger().setLevel(logging.WARNING)  # one-shot commands print their own results
     try:
         return args.func(args)

@@ -40,7 +40,7 @@ class Gemini(StrictModel):
     ca_file: Path | None = Field(default=None, description="CA certificate that signs the endpoint's TLS certificate")
     api_key_file: Path | None = None
     voice: str | None = "Puck"
-    language: str | None = "en-US"
+    language: str | None = Field(default="en-US", description="not sent to models that choose it themselves")
     system_instruction: str = DEFAULT_INSTRUCTION
     vad: Vad = Vad()
     sliding_window: bool = Field(default=True, description="context-window compression, so sessions can run long")
@@ -48,6 +48,11 @@ class Gemini(StrictModel):
     transcription: bool = True
     connect_timeout: Duration = 10.0
     reconnect_attempts: int = Field(default=5, ge=0, le=100)
+    affective_dialog: bool | None = Field(default=None, description="only models that support it (see the README)")
+    proactive_audio: bool | None = Field(default=None, description="only models that support it (see the README)")
+    daily_token_budget: int | None = Field(
+        default=None, gt=0, description="past this many tokens in a day, a wake word is refused instead of answered"
+    )
 
     @field_validator("endpoint")
     @classmethod
@@ -170,6 +175,10 @@ class Assistant(StrictModel):
     )
     discovery: bool | None = Field(default=None, description="default: on when discovery_prefix is set")
     arbitration: Arbitration = Arbitration()
+    state_dir: Path | None = Field(
+        default=None,
+        description="what the daemon keeps across restarts; default $STATE_DIRECTORY, else ~/.local/state/livehome",
+    )
 
     @property
     def discovery_enabled(self) -> bool:

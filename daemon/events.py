@@ -89,10 +89,26 @@ class SessionStarted(Event):
 @dataclass(frozen=True)
 class SessionEnded(Event):
     kind = "session_ended"
-    reason: str
+    reason: str  # end_conversation | idle | max_duration | stopped | shutdown, or one of FAILURES
     detail: str
     duration: float
     tool_calls: int
+    tokens: int = 0
+
+    FAILURES: ClassVar[tuple[str, ...]] = ("fatal", "connection_lost", "setup", "error")
+
+    @property
+    def failed(self) -> bool:
+        return self.reason in self.FAILURES
+
+
+@dataclass(frozen=True)
+class Refused(Event):
+    """A wake word or a start command not answered with a session (today's token budget is spent)."""
+
+    kind = "refused"
+    trigger: str
+    why: str
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,14 @@ class Reconnecting(Event):
     kind = "reconnecting"
     why: str
     attempt: int
+
+
+@dataclass(frozen=True)
+class Renewed(Event):
+    """The service lost the session: a new one started, and the model was told which calls already ran."""
+
+    kind = "renewed"
+    calls_told: int
 
 
 @dataclass(frozen=True)

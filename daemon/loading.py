@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .config import Config
+from .live.models import ModelProfile, profile
 from .schema import problems_from_validation
 from .tools.packs import Include, expand_tools
 from .tools.registry import Registry, SpecError, compile_tool
@@ -26,12 +27,23 @@ class Loaded:
     path: Path
     config: Config
     registry: Registry
+    warnings: tuple[Problem, ...] = ()
+    source: Any = field(default=None, compare=False, repr=False)  # the located YAML, for placing later problems
+
+    def locate(self, where: tuple[Any, ...]) -> tuple[str, int]:
+        """The file and line of a config key (a tuple path), or the config file itself."""
+        return locate(self.source, where) if self.source is not None else (str(self.path), 0)
+
+    @property
+    def model(self) -> ModelProfile:
+        return profile(self.config.gemini.model)
 
 
 def load(path: Path) -> Loaded:
     """Load, validate and compile. Raises ConfigError with every problem found, each at its file and line."""
     config, specs, raw = load_config(path)
-    tools, problems = [], []
+    tools: list = []
+    problems, warnings = check_model(config, specs, raw)
     for index, spec in enumerate(specs):
         try:
             tools.append(compile_tool(spec, config.assistant.room))
@@ -41,7 +53,40 @@ def load(path: Path) -> Loaded:
                 problems.append(Problem(file, line, f"tool '{spec.name}' {dotted(where)}".rstrip(), message))
     if problems:
         raise ConfigError(problems)
-    return Loaded(Path(path), config, Registry(tools))
+    return Loaded(Path(path), config, Registry(tools), tuple(warnings), raw)
+
+
+def check_model(config: Config, specs: list[ToolSpec], raw: Any) -> tuple[list[Problem], list[Problem]]:
+    """What the configured model cannot do (the service would close with 1007 at setup, or hold the call):
+    problems for a known model, warnings for one livehome does not know (it gets a conservative profile)."""
+    model, gemini = profile(config.gemini.model), config.gemini
+    problems: list[Problem] = []
+    warnings: list[Problem] = []
+    found = problems if model.known else warnings
+
+    def at(where: tuple[Any, ...], message: str, into: list[Problem]) -> None:
+        file, line = locate(raw, where)
+        into.append(Problem(file, line, dotted(where), message))
+
+    if not model.known:
+        at(("gemini", "model"), f"'{gemini.model}' is not a model livehome knows; it gets a conservative profile: "
+                                f"{model.note}", warnings)
+    name = f"model {gemini.model}"
+    if "language" in gemini.model_fields_set and gemini.language and not model.language_code:
+        at(("gemini", "language"), f"{name} chooses the language itself and refuses an explicit one; remove it",
+           problems)
+    for key, supported in (("affective_dialog", model.affective_dialog), ("proactive_audio", model.proactive_audio)):
+        if getattr(gemini, key) is not None and not supported:
+            at(("gemini", key), f"{name} does not take {key} (even set to false, the service refuses it)", found)
+    if not model.async_calls:
+        for index, spec in enumerate(specs):
+            if spec.behavior == "NON_BLOCKING":
+                at(("tools", index, "behavior"), f"{name} only makes synchronous calls; remove behavior: "
+                                                 "NON_BLOCKING (the model waits for every answer)", found)
+            if spec.scheduling is not None:
+                at(("tools", index, "scheduling"), f"{name} only makes synchronous calls, whose answers have no "
+                                                   "scheduling; remove it", found)
+    return problems, warnings
 
 
 def load_config(path: Path) -> tuple[Config, list[ToolSpec], Any]:
@@ -93,6 +138,7 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     g, m, a, w = config.gemini, config.mqtt, config.audio, config.wake
     return config.model_copy(
         update={
+            "assistant": config.assistant.model_copy(update={"state_dir": fix(config.assistant.state_dir)}),
             "gemini": g.model_copy(update={"ca_file": fix(g.ca_file), "api_key_file": fix(g.api_key_file)}),
             "mqtt": m.model_copy(
                 update={

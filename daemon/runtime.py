@@ -12,15 +12,15 @@ import asyncio
 import contextlib
 import enum
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .audio.earcons import end_earcon, wake_earcon
-from .audio.frames import SAMPLE_RATE, AudioError, Frame, output_seconds
-from .audio.inputs import InputStream, open_input
-from .audio.outputs import AudioSink, open_output
-from .config import EX_CONFIG, Config
+from .assembly import Devices, MqttSide, Options, open_devices, warm_client
+from .audio.earcons import end_earcon, error_earcon, wake_earcon
+from .audio.frames import OUTPUT_RATE, SAMPLE_RATE, AudioError, Frame, output_seconds
+from .audio.outputs import AudioSink
+from .audio.speech import spoken
+from .config import EX_CONFIG
 from .events import (
     BargeIn,
     Connected,
@@ -30,6 +30,7 @@ from .events import (
     Observer,
     Ready,
     Reconnecting,
+    Refused,
     Reloaded,
     ReloadRefused,
     SessionEnded,
@@ -41,16 +42,14 @@ from .events import (
     WakeHeard,
     notify_all,
 )
-from .live.client import SetupError, api_key, make_client
+from .live.client import SetupError, api_key
 from .live.session import LiveSession, SessionResult
-from .live.setup import connect_config
 from .loading import Loaded, load
 from .logs import logger
 from .mqtt.arbiter import Arbiter
-from .mqtt.link import MqttLink
 from .mqtt.presence import Presence
 from .service import Notifier, install_signal_handlers, watchdog
-from .tools.engine import Engine
+from .state import TokenBudget, default_state_dir
 from .tools.stack import tool_stack
 from .wake import AsyncWakeDetector, Detection, PrerollBuffer, WakeModelError
 from .yamlsrc import ConfigError
@@ -58,6 +57,10 @@ from .yamlsrc import ConfigError
 log = logger(__name__)
 
 SHUTDOWN_SETTLE = 2.0  # SIGTERM must end the process within 5 s, tool calls included
+SORRY = {
+    "budget": "Sorry, I have used up today's conversation budget.",
+    "failed": "Sorry, I cannot reach Gemini right now.",
+}
 STATUS_EVERY = 2.0
 # Session events after which the assistant's state may have changed.
 _STATE_EVENTS = (Connecting, Connected, Reconnecting, Speaking, TurnEnded, Interrupted)
@@ -67,85 +70,6 @@ class Phase(enum.Enum):
     LISTENING = "listening"
     CLAIMING = "claiming"  # heard the wake word; asking the other satellites who answers
     CONVERSATION = "conversation"
-
-
-@dataclass
-class Options:
-    input: str | None = None  # --input -|FILE
-    output: str | None = None  # --output FILE.wav|none
-
-
-@dataclass
-class Devices:
-    """What the daemon hears and speaks with; opened together at start, and swapped together by a reload."""
-
-    wake: AsyncWakeDetector
-    speaker: AudioSink
-    mic: InputStream
-
-    async def close(self, keep: Devices | None = None) -> None:
-        """Release every device, except those `keep` goes on using."""
-        if keep is None or self.mic is not keep.mic:
-            await self.mic.aclose()
-        if keep is None or self.speaker is not keep.speaker:
-            await self.speaker.aclose()
-        if keep is None or self.wake is not keep.wake:
-            self.wake.close()
-
-
-async def open_devices(config: Config, options: Options, current: tuple[Config, Devices] | None = None) -> Devices:
-    """The devices `config` asks for. With `current` (a reload), devices whose settings did not change, and those
-    --input/--output pinned, are kept. A failure closes whatever was opened here and raises: the current devices
-    are never touched, so a reload that fails part way leaves the daemon whole."""
-    old_config, old = current if current is not None else (None, None)
-    opened: list[Any] = []
-    try:
-        if old is not None and old_config is not None and config.wake == old_config.wake:
-            wake = old.wake
-        else:
-            wake = await AsyncWakeDetector.create(config.wake)
-            opened.append(wake)
-        audio_same = old_config is not None and config.audio == old_config.audio
-        audio = config.audio
-        if old is not None and (audio_same or options.output):
-            speaker = old.speaker
-        else:
-            speaker = open_output(audio.output, options.output, audio.retry_delay)
-            await speaker.start()
-            opened.append(speaker)
-        if old is not None and (audio_same or options.input):
-            mic = old.mic
-        else:
-            mic = open_input(audio.input, options.input, audio.retry_delay)
-            await mic.start()
-            opened.append(mic)
-    except BaseException:
-        for device in reversed(opened):
-            if isinstance(device, AsyncWakeDetector):
-                device.close()
-            else:
-                await device.aclose()
-        raise
-    if old is not None and (speaker is not old.speaker or mic is not old.mic):
-        log.info("audio settings changed: devices reopened")
-    return Devices(wake, speaker, mic)
-
-
-@dataclass
-class MqttSide:
-    """The daemon on the broker: the link, the tool engine publishing through it, presence and arbitration."""
-
-    link: MqttLink
-    engine: Engine
-    presence: Presence
-    arbiter: Arbiter
-    task: asyncio.Task[None]
-
-    async def stop(self, timeout: float | None = None) -> None:
-        await self.presence.stop(timeout)  # offline (retained) before a clean disconnect, which sends no will
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
 
 
 class Daemon:
@@ -171,6 +95,11 @@ class Daemon:
         self._last_status = ""
         self._shown: StateChanged | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        self.budget = TokenBudget(self.state_dir, loaded.config.gemini.daily_token_budget)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.loaded.config.assistant.state_dir or default_state_dir()
 
     @property
     def devices(self) -> Devices:
@@ -247,7 +176,7 @@ class Daemon:
         """The key, the Live client and the devices a config needs, used by start and reload alike; raises what
         makes them impossible, having released whatever it opened."""
         key = api_key(loaded.config.gemini)
-        client = await asyncio.to_thread(_warm_client, loaded, key)
+        client = await asyncio.to_thread(warm_client, loaded, key)
         current = (self.loaded.config, self._devices) if self._devices is not None else None
         devices = await open_devices(loaded.config, self.options, current)
         return key, client, devices
@@ -323,6 +252,7 @@ class Daemon:
                 self._notify(BargeIn(det.word, frames[0].position if frames else None, stream_position))
 
     async def _begin(self, det: Detection, start: int) -> None:
+        heard_at = time.monotonic()
         mqtt = self._mqtt
         if mqtt is not None and self.loaded.config.assistant.arbitration.enabled:
             won = await mqtt.arbiter.claim(det.word, det.score)
@@ -332,11 +262,34 @@ class Daemon:
                 return
         if self._stopping.is_set():
             return
-        self._open_session(trigger="wake", start=start, word=det.word)
+        if self._refuse_over_budget("wake"):
+            return
+        self._open_session(trigger="wake", start=start, word=det.word, opened_at=heard_at)
+
+    def _refuse_over_budget(self, trigger: str) -> bool:
+        """Past gemini.daily_token_budget: a short spoken refusal instead of a session."""
+        if not self.budget.exhausted:
+            return False
+        why = f"today's token budget is spent ({self.budget.today} of {self.budget.limit})"
+        log.warning("%s not answered: %s", trigger, why)
+        self._notify(Refused(trigger, why))
+        self._set_phase(Phase.LISTENING)
+        self._spawn(self._apologise("budget"), "apologise")
+        return True
+
+    async def _apologise(self, what: str) -> None:
+        """The error cue, then a short sentence where espeak-ng is installed."""
+        self.speaker.play(error_earcon())
+        sentence = await asyncio.to_thread(spoken, SORRY[what], OUTPUT_RATE)
+        if sentence is not None:
+            self.speaker.play(sentence)
 
     # ---- conversations ---------------------------------------------------------------------------------------
 
-    def _open_session(self, trigger: str, start: int | None = None, text: str | None = None, word: str = "") -> None:
+    def _open_session(
+        self, trigger: str, start: int | None = None, text: str | None = None, word: str = "",
+        opened_at: float | None = None,
+    ) -> None:
         assert self._mqtt is not None
         cfg = self.loaded.config
         session = LiveSession(
@@ -349,6 +302,7 @@ class Daemon:
             observer=self._on_session_event,
             client=self._client,
             name=str(self.sessions + 1),
+            opened_at=opened_at,
         )
         if cfg.conversation.earcons:
             tone = wake_earcon()
@@ -376,14 +330,23 @@ class Daemon:
             result = await session.run()
         finally:
             self.session = None
-            if self.loaded.config.conversation.earcons and not self._stopping.is_set():
-                self.speaker.play(end_earcon())
+            failed = result is None or result.reason in SessionEnded.FAILURES
+            if not self._stopping.is_set():
+                if failed:
+                    self._spawn(self._apologise("failed"), "apologise")
+                elif self.loaded.config.conversation.earcons:
+                    self.speaker.play(end_earcon())
             await self.wake.reset()  # nothing heard during the conversation may fire afterwards
             if result is None:
                 self._notify(SessionEnded("error", "", 0.0, 0))
             else:
-                self._notify(SessionEnded(result.reason, result.detail, result.duration, result.tool_calls))
+                self.budget.add(result.tokens)
+                self._notify(
+                    SessionEnded(result.reason, result.detail, result.duration, result.tool_calls, result.tokens)
+                )
             self._set_phase(Phase.LISTENING)
+            if not self._stopping.is_set():
+                log.info("back to listening for %s", ", ".join(w.name for w in self.loaded.config.wake.words))
             if self._pending is not None and not self._stopping.is_set():
                 await self._apply(self._pending)
 
@@ -405,7 +368,7 @@ class Daemon:
             if text:
                 self.session.send_text(text)
             return
-        if self.phase is Phase.LISTENING:
+        if self.phase is Phase.LISTENING and not self._refuse_over_budget("command"):
             self._open_session(trigger="command", text=text)
 
     async def end_conversation(self) -> None:
@@ -418,7 +381,12 @@ class Daemon:
         self._refresh_state()
 
     async def reload(self) -> None:
-        await self._reload()
+        """A reload in a task of the daemon's own: a reload that rebuilds MQTT stops the very presence whose
+        command task asked for it, and must not be cancelled with that task."""
+        task = asyncio.create_task(self._reload(), name="reload")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.shield(task)
 
     # ---- reload ----------------------------------------------------------------------------------------------
 
@@ -456,6 +424,7 @@ class Daemon:
             log.error("reload failed, still running on the previous configuration: %s", exc)
             return
         self._key, self._client = key, client
+        self.budget.limit = new.config.gemini.daily_token_budget
         old_devices, self._devices = self._devices, devices  # the listener moves to a new input by itself
         if old_devices is not None:
             await old_devices.close(keep=devices)
@@ -529,18 +498,20 @@ class Daemon:
             self._update_status()
 
 
-def _warm_client(loaded: Loaded, key: str) -> Any:
-    """The Live client, and one throw-away connect config: both cost tens of milliseconds the first time, which
-    must not be spent between the wake word and the first audio byte."""
-    connect_config(loaded.config.gemini, loaded.registry.declarations())
-    return make_client(loaded.config.gemini, key)
-
-
 def run(config_path: Path, options: Options) -> int:
-    """`livehome run`: exit 78 on a config that cannot work, 0 on a clean stop."""
+    """`livehome run`: exit 78 on a config that cannot work (every problem at once, as `check` shows them), 0 on
+    a clean stop."""
+    from .preflight import preflight
+
     try:
         loaded = load(config_path)
     except ConfigError as exc:
         log.error("invalid configuration %s:\n  %s", config_path, "\n  ".join(str(p) for p in exc.problems))
+        return EX_CONFIG
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+    problems = preflight(loaded, input_override=options.input, output_override=options.output, load_models=False)
+    if problems:
+        log.error("cannot start with %s:\n  %s", config_path, "\n  ".join(str(p) for p in problems))
         return EX_CONFIG
     return asyncio.run(Daemon(loaded, options).run())

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .audio.outputs import NullSink, WavSink
+from .events import Event, ToolFinished
 from .live.client import SetupError, api_key
 from .live.session import LiveSession
 from .loading import Loaded
@@ -15,10 +16,20 @@ from .tools.stack import running_tools
 from .trace import Trace
 
 GOOD_ENDINGS = {"idle", "end_conversation", "stopped"}
+EX_TOOL_FAILED = 1
+EX_UNAVAILABLE = 69  # sysexits.h: the broker or the service could not be reached
 
 
 async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None, out: TextIO = sys.stdout) -> int:
+    """Exit 0 only when the conversation ended well and every tool call succeeded; 69 when the broker was
+    unreachable, 1 when a tool failed or the conversation failed."""
     trace = Trace(out)
+    failed: list[ToolFinished] = []
+
+    def observe(event: Event) -> None:
+        trace.notify(event)
+        if isinstance(event, ToolFinished) and event.outcome != "success":
+            failed.append(event)
     try:
         key = api_key(loaded.config.gemini)
     except SetupError as exc:
@@ -30,9 +41,10 @@ async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None
     speaker = WavSink(output, paced=False) if output else NullSink()
     await speaker.start()
     try:
-        async with running_tools(loaded.registry, loaded.config.mqtt, trace.notify, connect_wait=5.0) as (link, engine):
+        async with running_tools(loaded.registry, loaded.config.mqtt, observe, connect_wait=5.0) as (link, engine):
             if not link.connected:
-                trace.line(f"MQTT broker {link.where} unreachable ({link.last_error}); tool calls will fail")
+                print(f"livehome say: MQTT broker {link.where} unreachable ({link.last_error})", file=sys.stderr)
+                return EX_UNAVAILABLE
             session = LiveSession(
                 loaded.config.gemini,
                 conversation,
@@ -40,7 +52,7 @@ async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None
                 loaded.registry.declarations(),
                 key=key,
                 speaker=speaker,
-                observer=trace.notify,
+                observer=observe,
             )
             trace.line(f"you (typed): {text}")
             session.send_text(text)
@@ -49,4 +61,8 @@ async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None
         await speaker.aclose()
     if output:
         trace.line(f"model audio written to {output}")
-    return 0 if result.reason in GOOD_ENDINGS else 1
+    if failed:
+        names = ", ".join(f"{e.name} ({e.outcome}: {e.detail})" for e in failed)
+        print(f"livehome say: tool call failed: {names}", file=sys.stderr)
+        return EX_TOOL_FAILED
+    return 0 if result.reason in GOOD_ENDINGS else EX_TOOL_FAILED

@@ -24,6 +24,7 @@ import numpy as np
 from .audio.frames import FRAME_SAMPLES, SAMPLE_RATE, Frame
 from .audio.inputs import read_audio_file
 from .config import Wake, WakeWord
+from .yamlsrc import suggest
 
 MODEL_SUFFIXES = (".tflite", ".onnx")
 FEATURE_MODELS = ("melspectrogram", "embedding_model")
@@ -90,9 +91,10 @@ def resolve_model(model: str, models_dir: Path | None = None, where: str = "wake
         f"{folder} ({what}{'' if folder.is_dir() else ', missing'})"
         for folder, what in search_dirs(models_dir)
     )
-    names = ", ".join(sorted(available_models(models_dir))) or "none"
+    known = sorted(available_models(models_dir))
     raise WakeModelError(
-        f"{where}: no wake-word model named '{model}'. Looked in: {looked}. Available: {names}"
+        f"{where}: no wake-word model named '{model}'{suggest(model, known)}. Looked in: {looked}. "
+        f"Available: {', '.join(known) or 'none'}"
     )
 
 

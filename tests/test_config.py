@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -205,8 +206,10 @@ def test_secrets_are_not_echoed(tmp_path: Path) -> None:
 
 
 def run_cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GEMINI_API_KEY": "test-key-not-real"}  # `check` looks for the key, as start-up does
     return subprocess.run(
-        [sys.executable, "-m", "daemon", *args], capture_output=True, text=True, cwd=cwd, timeout=60, check=False
+        [sys.executable, "-m", "daemon", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=60,
+        check=False,
     )
 
 
@@ -262,7 +265,9 @@ def test_call_cli_runs_a_tool_and_times_it(tmp_path: Path, broker: Broker) -> No
     cfg.write_text(f"mqtt: {{host: 127.0.0.1, port: {broker.port}}}\ntools:" + LIGHT)
     out = run_cli("call", "--config", str(cfg), "set_light", "room=hall", "state=ON")
     assert out.returncode == 0, out.stderr
-    body, _, rest = out.stdout.partition("\noutcome:")
+    published, _, out_rest = out.stdout.partition("\n")
+    assert published == 'published z2m/hall_lamp/set {"state":"ON"}'  # exactly what went on the wire
+    body, _, rest = out_rest.partition("\noutcome:")
     assert json.loads(body) == {"ok": True, "status": "sent"}
     assert "connect" in rest and "publish z2m/hall_lamp/set" in rest and " ms" in rest
     bad = run_cli("call", "--config", str(cfg), "set_light", "room=#", "state=ON")

@@ -12,7 +12,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "daemon"
 MAX_LINES = 600
 
 # The top of the tree: entry points and the composition root. Nothing below may reach up to them.
-TOP = ("daemon.cli", "daemon.__main__", "daemon.runtime", "daemon.say", "daemon.trace", "daemon.sim")
+TOP = (
+    "daemon.cli",
+    "daemon.__main__",
+    "daemon.runtime",
+    "daemon.assembly",
+    "daemon.preflight",
+    "daemon.say",
+    "daemon.trace",
+    "daemon.sim",
+)
 LOW = (
     "daemon.config",
     "daemon.calls",
@@ -28,6 +37,8 @@ LOW = (
     "daemon.service",
     "daemon.schema",
     "daemon.yamlsrc",
+    "daemon.bundled",
+    "daemon.state",
 )
 # (importer, what it must not import, why)
 UP = "a lower layer never reaches up to an entry point or the composition root"
@@ -121,3 +132,12 @@ def test_layers_import_only_downwards() -> None:
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_every_module_reads_in_one_sitting(path: Path) -> None:
     assert len(path.read_text().splitlines()) <= MAX_LINES
+
+
+def test_every_package_ships() -> None:
+    """pyproject.toml lists the packages (two of them live outside daemon/): none may be forgotten."""
+    import tomllib
+
+    listed = set(tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {module_name(p) for p in PACKAGE.rglob("__init__.py")}
+    assert on_disk <= listed

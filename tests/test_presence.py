@@ -354,6 +354,12 @@ async def test_a_retained_command_is_never_run(broker: Broker) -> None:
             assert sat.controller.calls == [("end_conversation",)]
             [event] = events(w, sat.topics)
             assert event["event_type"] == "command_rejected" and "retained" in event["message"]
+            assert "mosquitto_pub -r -n -t 'livehome/porch/command'" in event["message"]  # how to clear it
+            await w.wait_for(lambda s: s.topic == sat.topics.command and s.payload == b"" and s.retain is False)
+    async with world(broker) as late:  # the daemon cleared it: the next start finds no retained command
+        await late.client.publish("fence/late", b"", qos=1)
+        await late.wait_for(lambda s: s.topic == "fence/late")
+        assert late.on("livehome/porch/command") == []
 
 
 async def test_a_failing_controller_is_reported_and_later_commands_still_run(broker: Broker) -> None:

@@ -42,3 +42,15 @@ def wake_earcon() -> bytes:
 def end_earcon() -> bytes:
     """Falling A5 → E5: "done"."""
     return _render(tone(880.0, 0.09), _gap(0.03), tone(659.25, 0.12))
+
+
+@functools.cache
+def renewed_earcon() -> bytes:
+    """Two short A5 blips: "the connection was renewed, go on" (distinct from both the wake and the end tone)."""
+    return _render(tone(880.0, 0.05), _gap(0.05), tone(880.0, 0.05))
+
+
+@functools.cache
+def error_earcon() -> bytes:
+    """Low, falling E4 → A3, longer than the end tone: "that did not work"."""
+    return _render(tone(329.63, 0.15), _gap(0.05), tone(220.0, 0.25))

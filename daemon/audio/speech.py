@@ -1,4 +1,5 @@
-"""Synthesized speech from espeak-ng: the simulator's model voice, the demo's microphone, test utterances."""
+"""Synthesized speech from espeak-ng: the daemon's own short error sentences, the simulator's model voice, the
+demo's microphone, test utterances."""
 
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ def synthesize(text: str, rate: int = 16000, voice: str = "en-us", speed: int = 
     if src_rate != rate:
         pcm = soxr.resample(pcm, src_rate, rate)
     return pcm.astype(np.int16).tobytes()
+
+
+def spoken(text: str, rate: int) -> bytes | None:
+    """`text` as speech for the speaker, or None where espeak-ng is not installed (a cue alone then)."""
+    try:
+        return synthesize(text, rate)
+    except (SpeechUnavailable, OSError, subprocess.SubprocessError):
+        return None
 
 
 def silence(seconds: float, rate: int = 16000) -> bytes:

@@ -1,76 +1,63 @@
-"""One conversation with Gemini Live on the google-genai SDK, kept alive across GoAway and dropped sockets.
+"""One conversation with Gemini Live on the google-genai SDK, kept alive across GoAway, dropped sockets and a
+service that loses the session.
 
 Three loops share one connection: the receiver (model audio, transcripts, tool calls, cancellations, GoAway,
-resumption handles), the input sender (microphone PCM and text, from a bounded buffer that survives reconnects)
-and the answer sender (tool answers from the tool port, requeued if the socket dies mid-send). A watchdog ends
-the conversation on idle, max duration or end_conversation, and moves to a new connection on GoAway. The tool
-port is anything shaped like the tool layer's Engine: this module knows nothing of MQTT.
+resumption handles, usage), the input sender (the uplink: microphone PCM, text and activity markers, which
+survive reconnects) and the answer sender (tool answers from the tool port, requeued if the socket dies
+mid-send, and only ever sent to an id the service's current session issued). A watchdog ends the conversation
+on idle, max duration or end_conversation, and moves to a new connection on GoAway. The tool port is anything
+shaped like the tool layer's Engine: this module knows nothing of MQTT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import re
 import time
-from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import numpy as np
 import websockets
 from google.genai import errors, types
 
-from ..audio.frames import OUTPUT_RATE, output_seconds
-from ..audio.frames import SAMPLE_RATE as INPUT_RATE
-from ..calls import CancelReport, ToolCall, ToolResponse
+from ..audio.earcons import renewed_earcon
+from ..audio.frames import SAMPLE_RATE
 from ..config import Conversation, Gemini
 from ..events import (
-    Answered,
     Connected,
     Connecting,
     ConversationEnded,
     Emit,
     Event,
     GoingAway,
-    Interrupted,
     ModelCalled,
     Reconnecting,
-    Speaking,
-    Transcript,
-    TurnEnded,
+    Renewed,
     notify_all,
 )
 from ..logs import logger
 from .client import SetupError, make_client
+from .closes import Verdict, judge
+from .models import profile
 from .setup import END_CONVERSATION, connect_config
+from .toolcalls import ToolCalls, ToolPort
+from .turn import Turn
+from .uplink import SPEECH_RMS, Endpointer, Uplink, rms
 
 log = logger(__name__)
-MAX_SEND_BYTES = 2 * INPUT_RATE // 5  # 200 ms per audio message when catching up after a reconnect
-SPEECH_RMS = 500  # mic RMS (of 32768) that counts as the user speaking, for the idle timer
+
 GOAWAY_MARGIN = 1.0  # reconnect this long before the service's deadline at the latest
-END_GRACE = 15.0  # after end_conversation: how long the goodbye may take
-# Close codes that retrying cannot fix: bad frames, policy (bad key, unknown model), oversize, extension.
-FATAL_CLOSE = {1002, 1003, 1007, 1008, 1009, 1010}
-
-
-class ToolPort(Protocol):
-    """What the session needs from the tool layer (daemon.tools.engine.Engine)."""
-
-    def submit(self, call: ToolCall) -> bool: ...
-    async def next_response(self) -> ToolResponse: ...
-    def requeue(self, response: ToolResponse) -> None: ...
-    def ready_responses(self) -> list[ToolResponse]: ...
-    def cancel(self, ids: list[str]) -> asyncio.Task[list[CancelReport]]: ...
-    async def settle(self, timeout: float) -> list[CancelReport]: ...
-    @property
-    def outstanding(self) -> list[str]: ...
+END_GRACE = 15.0  # after end_conversation: how long the goodbye may take to arrive and play
+STREAM_PAUSE = 1.0  # the microphone gated this long: audioStreamEnd
+THRESHOLDS = {"high": 300.0, "low": 800.0, None: SPEECH_RMS}  # client-side endpointing by start_sensitivity
 
 
 class Speaker(Protocol):
-    """Where the model's 24 kHz voice goes (daemon.audio.AudioSink)."""
+    """Where the model's 24 kHz voice goes (daemon.audio.outputs.AudioSink)."""
 
     def play(self, pcm: bytes) -> None: ...
     def flush(self) -> int: ...
@@ -86,6 +73,7 @@ class SessionResult:
     connections: int
     tool_calls: int
     duration: float
+    tokens: int = 0
 
 
 class _Outcome(Exception):
@@ -94,62 +82,12 @@ class _Outcome(Exception):
         self.kind, self.reason, self.detail = kind, reason, detail
 
 
-class InputBuffer:
-    """Microphone audio and text turns waiting to be sent, in order. Audio is bounded (oldest dropped first), so a
-    long outage cannot eat memory; text is always kept."""
+class _SetupRefused(Exception):
+    """The service closed the connection before the session was set up."""
 
-    def __init__(self, max_seconds: float) -> None:
-        self._items: deque[tuple[str, bytes | str]] = deque()
-        self._audio_bytes = 0
-        self._max = int(max_seconds * INPUT_RATE) * 2
-        self._ready = asyncio.Event()
-        self.dropped_bytes = 0
-        self.sent_bytes = 0
-
-    def push_audio(self, pcm: bytes) -> None:
-        self._items.append(("audio", pcm))
-        self._audio_bytes += len(pcm)
-        while self._audio_bytes > self._max:
-            for i, (kind, data) in enumerate(self._items):
-                if kind == "audio":
-                    del self._items[i]
-                    self._audio_bytes -= len(data)
-                    self.dropped_bytes += len(data)
-                    break
-        self._ready.set()
-
-    def push_text(self, text: str) -> None:
-        self._items.append(("text", text))
-        self._ready.set()
-
-    def unshift(self, kind: str, data: bytes | str) -> None:
-        self._items.appendleft((kind, data))
-        if kind == "audio":
-            self._audio_bytes += len(data)
-        self._ready.set()
-
-    async def take(self) -> tuple[str, bytes | str]:
-        """The next text, or as much queued audio as fits one message."""
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        kind, data = self._items.popleft()
-        if kind == "text":
-            return kind, data
-        assert isinstance(data, bytes)
-        chunks = [data]
-        size = len(data)
-        while self._items and self._items[0][0] == "audio" and size + len(self._items[0][1]) <= MAX_SEND_BYTES:
-            more = self._items.popleft()[1]
-            assert isinstance(more, bytes)
-            chunks.append(more)
-            size += len(more)
-        self._audio_bytes -= size
-        return "audio", b"".join(chunks)
-
-    @property
-    def queued_audio_bytes(self) -> int:
-        return self._audio_bytes
+    def __init__(self, error: errors.APIError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _seconds(text: str | None) -> float:
@@ -160,14 +98,25 @@ def _seconds(text: str | None) -> float:
     return float(m.group(1)) * {"ms": 0.001, "m": 60.0}.get(m.group(2) or "s", 1.0)
 
 
-def _explain_fatal(code: int, reason: str, model: str) -> str:
-    text = reason or "no reason given"
-    low = text.lower()
-    if "api key" in low or "api_key" in low or code in (401, 403):
-        return f"Gemini refused the API key ({code}: {text}); check the gemini-api-key credential"
-    if "model" in low or code == 404:
-        return f"Gemini does not offer model '{model}' for Live ({code}: {text}); check gemini.model"
-    return f"Gemini closed the session for good ({code}: {text})"
+def _kinds(msg: types.LiveServerMessage) -> list[str]:
+    """What a server message carries, with sizes, for -v: `server_content(audio 3840 B, output_transcription)`."""
+    out = []
+    for name in type(msg).model_fields:
+        value = getattr(msg, name)
+        if value is None:
+            continue
+        if name == "server_content":
+            inner = [k for k in type(value).model_fields if getattr(value, k) not in (None, False)]
+            parts = value.model_turn.parts if value.model_turn and value.model_turn.parts else []
+            audio = sum(len(p.inline_data.data or b"") for p in parts if p.inline_data)
+            inner = [f"audio {audio} B" if k == "model_turn" and audio else k for k in inner]
+            name += f"({', '.join(inner)})"
+        out.append(name)
+    return out
+
+
+def _close_text(exc: errors.APIError) -> str:
+    return exc.details if isinstance(exc.details, str) else (exc.message or str(exc.details or ""))
 
 
 class _Fields(logging.LoggerAdapter):
@@ -192,6 +141,8 @@ class LiveSession:
         buffer_seconds: float = 20.0,
         client: Any = None,
         name: str = "1",
+        handle: str | None = None,
+        opened_at: float | None = None,
     ) -> None:
         self.gemini = gemini
         self.conversation = conversation
@@ -201,34 +152,46 @@ class LiveSession:
         self.speaker = speaker
         self.observer = observer
         self.name = name
+        self.profile = profile(gemini.model)
         self.log = _Fields(log, {"SESSION": name})
         self.client = client  # built once by the daemon: a new client costs ~20 ms on the wake → audio path
-        self.input = InputBuffer(buffer_seconds)
+        vad = gemini.vad
+        endpointer = None
+        if not vad.enabled:
+            endpointer = Endpointer(
+                THRESHOLDS[vad.start_sensitivity],
+                0.3 if vad.prefix_padding is None else vad.prefix_padding,
+                0.8 if vad.silence is None else vad.silence,
+            )
+        self.input = Uplink(buffer_seconds, endpointer, self.log)
+        self.calls = ToolCalls(tools, self.profile, declarations, self.input, self._emit, self.log)
         self.connections = 0
-        self.tool_calls = 0
+        self.tokens = 0
         self.fed_samples = 0  # microphone samples handed to this session so far
-        self.handle: str | None = None
+        self.handle: str | None = handle  # resume a previous conversation (conversation.remember)
+        self.opened_at = opened_at if opened_at is not None else time.monotonic()  # the wake word, the command
+        self._first_audio_logged = False
+        self.resumable = False
         self._outcome: asyncio.Future[_Outcome] | None = None
         self._stop: _Outcome | None = None
         self._last_activity = time.monotonic()
-        self._model_turn = False
+        self._last_feed = 0.0
         self._goaway_at: float | None = None
         self._ending_since: float | None = None
-        self._heard: list[str] = []
-        self._said: list[str] = []
+        self._goodbye_done = False  # the turn that ended the conversation is complete
+        self.turn = Turn(speaker, self._emit, self.log)
         self._connected = asyncio.Event()
         self._session: Any = None
-        self._discard_turn = False  # after a local barge-in: the rest of this model turn is not played
 
     # ---- what the conversation loop uses ---------------------------------------------------------------------
 
     def feed(self, pcm: bytes) -> None:
-        """Microphone audio, 16 kHz mono s16le. Kept (bounded) while the connection is down."""
+        """Microphone audio, 16 kHz mono s16le. Kept (bounded) while the connection is down or a call is pending."""
         self.input.push_audio(pcm)
         self.fed_samples += len(pcm) // 2
-        samples = np.frombuffer(pcm, dtype=np.int16)
-        if samples.size and float(np.sqrt(np.mean(samples.astype(np.float32) ** 2))) > SPEECH_RMS:
-            self._last_activity = time.monotonic()
+        self._last_feed = time.monotonic()
+        if rms(pcm) > SPEECH_RMS:
+            self._last_activity = self._last_feed
 
     def send_text(self, text: str) -> None:
         """A user turn as text (`livehome say`, an MQTT command)."""
@@ -238,22 +201,18 @@ class LiveSession:
     def barge_in(self) -> int:
         """The user talked over the model (its wake word heard while it spoke): silence the speaker now and drop
         the rest of this model turn. Returns the bytes of speech dropped."""
-        dropped = self.speaker.flush()
-        self._discard_turn = self._model_turn
         self._last_activity = time.monotonic()
-        self.log.info("barge-in: dropped %.2fs of queued speech", output_seconds(dropped))
-        self._emit(Interrupted(dropped, local=True))
-        return dropped
+        return self.turn.barge_in()
 
     @property
     def model_turn(self) -> bool:
         """Whether the model is in the middle of a turn (its audio may still be arriving)."""
-        return self._model_turn
+        return self.turn.model_turn
 
     @property
     def speaking(self) -> bool:
         """Whether the model is in a turn that is being played (not one the user talked over)."""
-        return self._model_turn and not self._discard_turn
+        return self.turn.speaking
 
     def stop(self, reason: str = "stopped", detail: str = "") -> None:
         """End the conversation (a shutdown, an MQTT command, barge-in policy); tool calls are settled first."""
@@ -265,6 +224,10 @@ class LiveSession:
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def tool_calls(self) -> int:
+        return self.calls.count
+
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
@@ -275,6 +238,8 @@ class LiveSession:
     async def run(self) -> SessionResult:
         started = time.monotonic()
         reason, detail = "connection_lost", ""
+        voice = f", voice {self.gemini.voice}" if self.gemini.voice else ""
+        self.log.info("conversation %s with %s%s", self.name, self.gemini.model, voice)
         try:
             client = self.client or make_client(self.gemini, self.key)
         except SetupError as exc:
@@ -287,30 +252,30 @@ class LiveSession:
             if time.monotonic() - started > self.conversation.max_duration:
                 reason, detail = "max_duration", f"{self.conversation.max_duration:g}s"
                 break
+            verdict = None
             try:
                 outcome = await self._connection(client, started)
+            except _SetupRefused as exc:
+                code, text = exc.error.code or 0, _close_text(exc.error)
+                verdict = judge(code, text, at_setup=True, resuming=self.handle is not None, model=self.gemini.model)
             except errors.APIError as exc:
-                code = exc.code or 0
-                text = exc.details if isinstance(exc.details, str) else (exc.message or str(exc.details or ""))
-                if code in FATAL_CLOSE:
-                    reason, detail = "fatal", _explain_fatal(code, text, self.gemini.model)
-                    self.log.error("%s", detail)
-                    break
-                why = f"connection closed ({code}: {text or 'no reason'})"
+                code, text = exc.code or 0, _close_text(exc)
+                verdict = judge(code, text, at_setup=False, resuming=False, model=self.gemini.model)
             except websockets.exceptions.InvalidStatus as exc:
                 status = exc.response.status_code
                 if 400 <= status < 500 and status not in (408, 429):
-                    reason, detail = "fatal", _explain_fatal(status, exc.response.reason_phrase, self.gemini.model)
-                    self.log.error("%s", detail)
-                    break
-                why = f"the service answered HTTP {status}"
+                    verdict = judge(status, exc.response.reason_phrase, at_setup=True, resuming=False,
+                                    model=self.gemini.model)
+                    verdict = Verdict("fatal", verdict.detail)
+                else:
+                    verdict = Verdict("resume", f"the service answered HTTP {status}")
             except (OSError, TimeoutError, websockets.exceptions.WebSocketException) as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):
                     reason = "fatal"
                     detail = f"TLS certificate of {self.gemini.endpoint or 'the service'} not trusted: {exc}"
                     self.log.error("%s (set gemini.ca_file?)", detail)
                     break
-                why = f"cannot connect ({type(exc).__name__}: {exc})"
+                verdict = Verdict("resume", f"cannot connect ({type(exc).__name__}: {exc})")
             else:
                 if outcome.kind == "end":
                     reason, detail = outcome.reason, outcome.detail
@@ -319,27 +284,39 @@ class LiveSession:
                 continue  # GoAway: straight onto a new connection with the newest handle
             finally:
                 self._connected.clear()
+            if verdict.action == "fatal":
+                reason, detail = "fatal", verdict.detail
+                self.log.error("%s", detail)
+                break
+            if verdict.action == "fresh" and self.handle is not None:
+                self.log.warning("Gemini Live: %s; starting a new session (the handle is dropped)", verdict.detail)
+                self.handle, self.resumable = None, False
             attempt += 1
             if attempt > self.gemini.reconnect_attempts:
-                reason, detail = "connection_lost", f"gave up after {attempt - 1} reconnects: {why}"
+                reason, detail = "connection_lost", f"gave up after {attempt - 1} reconnects: {verdict.detail}"
                 self.log.error("Gemini Live: %s", detail)
                 break
             delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.8 + 0.4 * random.random())
-            self.log.warning("Gemini Live: %s; reconnecting in %.1fs (attempt %d)", why, delay, attempt)
-            self._emit(Reconnecting(why, attempt))
+            self.log.warning("Gemini Live: %s; reconnecting in %.1fs (attempt %d)", verdict.detail, delay, attempt)
+            self._emit(Reconnecting(verdict.detail, attempt))
             await asyncio.sleep(delay)
         if self.tools.outstanding:  # no socket left to answer on: finish or cancel (with undo) what is running
             await self.tools.settle(self.conversation.settle_timeout)
         self.tools.ready_responses()  # nobody to deliver them to any more
-        result = SessionResult(reason, detail, self.connections, self.tool_calls, time.monotonic() - started)
+        duration = time.monotonic() - started
+        result = SessionResult(reason, detail, self.connections, self.tool_calls, duration, self.tokens)
         self.log.info(
-            "conversation ended: %s %s (%d connections, %d tool calls)",
+            "conversation ended: %s%s (%.1fs, %d connection%s, %d tool call%s, %d tokens)",
             reason,
-            detail,
+            f": {detail}" if detail else "",
+            duration,
             self.connections,
+            "" if self.connections == 1 else "s",
             self.tool_calls,
+            "" if self.tool_calls == 1 else "s",
+            self.tokens,
         )
-        self._emit(ConversationEnded(reason, detail, result.duration))
+        self._emit(ConversationEnded(reason, detail, duration))
         return result
 
     # ---- one connection --------------------------------------------------------------------------------------
@@ -349,18 +326,43 @@ class LiveSession:
         self._emit(Connecting(resumed))
         config = connect_config(self.gemini, self.declarations, self.handle)
         connect = client.aio.live.connect(model=self.gemini.model, config=config)
-        async with asyncio.timeout(self.gemini.connect_timeout + 5):  # the SDK waits forever for setupComplete
-            session = await connect.__aenter__()
+        try:
+            async with asyncio.timeout(self.gemini.connect_timeout + 5):  # the SDK waits forever for setupComplete
+                session = await connect.__aenter__()
+        except errors.APIError as exc:
+            raise _SetupRefused(exc) from exc
         try:
             self.connections += 1
             self._goaway_at = None
+            self.turn.reset()
+            self.calls.connected(self.handle)
             self._connected.set()
             self.log.info("Gemini Live connected%s", " (resumed)" if resumed else "")
             self._emit(Connected(resumed, self.connections))
+            if not resumed and self.connections > 1:
+                await self._renewed(session)
             return await self._converse(session, started)
         finally:
             with contextlib.suppress(Exception):
                 await connect.__aexit__(None, None, None)
+
+    async def _renewed(self, session: Any) -> None:
+        """A new session after the service lost the last one: a short cue for the user, and one line for the
+        model saying what already happened, so it neither repeats a call nor claims one did not run."""
+        self.speaker.play(renewed_earcon())
+        ran = self.calls.ledger.ran_before()
+        parts = []
+        for name, args, result in ran:
+            outcome = json.dumps(result.response, ensure_ascii=False) if result else "still running"
+            parts.append(f"{name}({json.dumps(args, ensure_ascii=False)}) -> {outcome}")
+        line = "(The connection to the assistant was renewed and the conversation so far was lost."
+        line += (" These tool calls already ran: " + "; ".join(parts) + ".)") if parts else ")"
+        self.log.info("a new session: told the model %s", line)
+        self._emit(Renewed(len(ran)))
+        with contextlib.suppress(Exception):
+            await session.send_client_content(
+                turns=types.Content(role="user", parts=[types.Part(text=line)]), turn_complete=False
+            )
 
     async def _converse(self, session: Any, started: float) -> _Outcome:
         loop = asyncio.get_running_loop()
@@ -371,7 +373,7 @@ class LiveSession:
         workers = {
             "receiver": loop.create_task(self._receiver(session)),
             "input": loop.create_task(self._input_sender(session)),
-            "answers": loop.create_task(self._answer_sender(session)),
+            "answers": loop.create_task(self.calls.sender(session)),
             "watchdog": loop.create_task(self._watchdog(started)),
         }
         for task in workers.values():
@@ -403,19 +405,25 @@ class LiveSession:
         """Settle tool calls while the socket is still open, so finished ones are answered before it closes."""
         workers["input"].cancel()
         workers["watchdog"].cancel()
-        if self.tools.outstanding:
-            await self.tools.settle(self.conversation.settle_timeout)  # the tool layer reports each cancellation
+        if self.tools.outstanding:  # running calls get their time while the answer loop still delivers
+            await self.tools.settle(self.conversation.settle_timeout)
         workers["answers"].cancel()
         await asyncio.gather(workers["answers"], return_exceptions=True)
-        for response in self.tools.ready_responses():
-            with contextlib.suppress(Exception):
-                await self._send_answer(session, response)
+        await self.calls.settle_and_answer(session, 0.0)
 
     # ---- the three loops -------------------------------------------------------------------------------------
 
     async def _receiver(self, session: Any) -> None:
         while True:
-            async for message in session.receive():
+            messages = session.receive().__aiter__()  # receive() ends after each turnComplete: open it again
+            while True:
+                try:
+                    message = await messages.__anext__()
+                except StopAsyncIteration:
+                    break
+                except (TypeError, ValueError) as exc:  # a frame newer than the SDK: skip it, keep listening
+                    self.log.warning("skipped a message the SDK could not read: %s", exc)
+                    break
                 self._on_message(message)
 
     async def _input_sender(self, session: Any) -> None:
@@ -425,42 +433,24 @@ class LiveSession:
                 if kind == "text":
                     await session.send_realtime_input(text=data)
                     self.log.info("user (text): %s", data)
-                else:
-                    blob = types.Blob(data=data, mime_type=f"audio/pcm;rate={INPUT_RATE}")
+                elif kind == "audio":
+                    blob = types.Blob(data=data, mime_type=f"audio/pcm;rate={SAMPLE_RATE}")
                     await session.send_realtime_input(audio=blob)
                     self.input.sent_bytes += len(data)
+                    if not self._first_audio_logged:
+                        self._first_audio_logged = True
+                        took = (time.monotonic() - self.opened_at) * 1000
+                        self.log.info("first audio on its way to Gemini %.0f ms after the conversation opened", took)
+                elif kind == "activity_start":
+                    await session.send_realtime_input(activity_start=types.ActivityStart())
+                elif kind == "activity_end":
+                    await session.send_realtime_input(activity_end=types.ActivityEnd())
+                else:
+                    await session.send_realtime_input(audio_stream_end=True)
+                self.log.debug("sent %s%s", kind, f" ({len(data)} bytes)" if isinstance(data, bytes) and data else "")
             except BaseException:
                 self.input.unshift(kind, data)  # sent on the next connection
                 raise
-
-    async def _answer_sender(self, session: Any) -> None:
-        while True:
-            response = await self.tools.next_response()
-            delivered = False
-            try:
-                await self._send_answer(session, response)
-                delivered = True
-            finally:
-                if not delivered:
-                    self.tools.requeue(response)
-
-    async def _send_answer(self, session: Any, response: ToolResponse) -> None:
-        answer = types.FunctionResponse(
-            id=response.id,
-            name=response.name,
-            response=response.response,
-            scheduling=types.FunctionResponseScheduling(response.scheduling) if response.scheduling else None,
-        )
-        await session.send_tool_response(function_responses=[answer])
-        self.log.info(
-            "answered %s %s: %s (%s)",
-            response.name,
-            response.id,
-            response.outcome,
-            response.scheduling or "-",
-            extra={"TOOL": response.name, "CALL_ID": response.id},
-        )
-        self._emit(Answered(response.id, response.name, response.outcome, response.scheduling, response.response))
 
     async def _watchdog(self, started: float) -> None:
         while True:
@@ -468,22 +458,31 @@ class LiveSession:
             now = time.monotonic()
             if self.speaker.playing or self.tools.outstanding:
                 self._last_activity = now
+            if self.input.streaming and now - self._last_feed > STREAM_PAUSE:
+                self.input.end_stream()
             if now - started > self.conversation.max_duration:
                 self._decide(_Outcome("end", "max_duration", f"{self.conversation.max_duration:g}s"))
             elif self._ending_since is not None:
-                done = not self._model_turn and not self.speaker.playing
+                done = self._goodbye_done and not self.turn.model_turn and not self.speaker.playing
                 if done or now - self._ending_since > END_GRACE:
                     self._decide(_Outcome("end", "end_conversation", "the model ended it"))
-            elif now - self._last_activity > self.conversation.idle_timeout and not self._model_turn:
+            elif now - self._last_activity > self.conversation.idle_timeout and not self.turn.model_turn:
                 self._decide(_Outcome("end", "idle", f"nothing said for {self.conversation.idle_timeout:g}s"))
-            if self._goaway_at is not None and (not self._model_turn or now >= self._goaway_at):
+            if self._goaway_at is not None and (not self.turn.model_turn or now >= self._goaway_at):
                 self._decide(_Outcome("reconnect", "goaway"))
 
     # ---- server messages -------------------------------------------------------------------------------------
 
     def _on_message(self, msg: types.LiveServerMessage) -> None:
-        if msg.server_content is not None:
-            self._on_content(msg.server_content)
+        if self.log.isEnabledFor(logging.DEBUG):
+            self.log.debug("received %s", ", ".join(_kinds(msg)))
+        content = msg.server_content
+        if content is not None:
+            if self.turn.content(content):
+                self._last_activity = time.monotonic()
+            turn_over = content.generation_complete or content.turn_complete or content.interrupted
+            if self._ending_since is not None and turn_over:
+                self._goodbye_done = True
         if msg.tool_call is not None:
             self._last_activity = time.monotonic()
             for call in msg.tool_call.function_calls or []:
@@ -491,7 +490,7 @@ class LiveSession:
         if msg.tool_call_cancellation is not None:
             ids = list(msg.tool_call_cancellation.ids or [])
             self.log.info("Gemini cancelled tool calls %s", ", ".join(ids))
-            self.tools.cancel(ids).add_done_callback(self._cancelled)  # stops the calls now, undoes in a task
+            self.calls.cancel(ids)
         if msg.go_away is not None:
             left = _seconds(msg.go_away.time_left)
             self._goaway_at = time.monotonic() + max(0.0, left - GOAWAY_MARGIN)
@@ -502,91 +501,38 @@ class LiveSession:
             )
             self._emit(GoingAway(left))
         update = msg.session_resumption_update
-        if update is not None and update.resumable and update.new_handle:
-            self.handle = update.new_handle
-
-    def _on_content(self, content: types.LiveServerContent) -> None:
-        now = time.monotonic()
-        if content.input_transcription and content.input_transcription.text:
-            self._heard.append(content.input_transcription.text)
-            self._last_activity = now
-        if content.model_turn and content.model_turn.parts:
-            if not self._model_turn:
-                self._model_turn = True
-                self._flush_heard()
-                self._emit(Speaking())
-            for part in content.model_turn.parts:
-                blob = part.inline_data
-                if blob is not None and blob.data and not self._discard_turn:
-                    if blob.mime_type and f"rate={OUTPUT_RATE}" not in blob.mime_type:
-                        self.log.warning("model audio in %s, expected %d Hz", blob.mime_type, OUTPUT_RATE)
-                    self.speaker.play(blob.data)
-            self._last_activity = now
-        if content.output_transcription and content.output_transcription.text:
-            self._said.append(content.output_transcription.text)
-            self._last_activity = now
-        if content.interrupted:
-            dropped = self.speaker.flush()
-            self.log.info("interrupted: dropped %.2fs of queued speech", output_seconds(dropped))
-            self._emit(Interrupted(dropped, local=False))
-            self._end_turn()
-        if content.turn_complete:
-            self._end_turn()
-
-    def _end_turn(self) -> None:
-        self._flush_heard()
-        if self._said:
-            text = "".join(self._said).strip()
-            self.log.info("model: %s", text)
-            self._emit(Transcript("model", text))
-            self._said.clear()
-        was_model_turn, self._model_turn = self._model_turn, False
-        self._discard_turn = False
-        self._last_activity = time.monotonic()
-        if was_model_turn:
-            self._emit(TurnEnded())
-
-    def _flush_heard(self) -> None:
-        if self._heard:
-            text = "".join(self._heard).strip()
-            self.log.info("user: %s", text)
-            self._emit(Transcript("user", text))
-            self._heard.clear()
+        if update is not None:
+            self.resumable = bool(update.resumable)
+            if update.resumable and update.new_handle:
+                self.handle = update.new_handle
+                self.calls.ledger.handle(update.new_handle)
+        usage = msg.usage_metadata
+        if usage is not None and usage.total_token_count:
+            self.tokens += usage.total_token_count
 
     def _on_call(self, call: types.FunctionCall) -> None:
         if not call.id:
             self.log.error("Gemini sent a tool call without an id (%s); it cannot be answered", call.name)
             return
         args = dict(call.args or {})
-        if call.name == END_CONVERSATION:
-            # Answered here, not by the tool layer; the session ends once the goodbye has been spoken.
-            self._ending_since = time.monotonic()
-            self.log.info("the model ends the conversation")
-            self._emit(ModelCalled(call.id, END_CONVERSATION, args, repeated=False))
-            if self._session is not None:
-                answer = ToolResponse(call.id, END_CONVERSATION, {"ok": True}, "SILENT", "success")
-                task = asyncio.get_running_loop().create_task(self._send_answer(self._session, answer))
-                task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a dropped socket is fine here
+        name = call.name or ""
+        self.turn.flush_heard()  # what the user said comes before what the model does about it
+        if name == END_CONVERSATION:
+            self._end_conversation(call.id, args)
             return
-        self.tool_calls += 1
-        fresh = self.tools.submit(ToolCall(call.id, call.name or "", args))
-        self.log.info(
-            "tool call %s %s %s%s",
-            call.name,
-            call.id,
-            args,
-            "" if fresh else " (repeated id: ignored)",
-            extra={"TOOL": call.name, "CALL_ID": call.id},
-        )
-        self._emit(ModelCalled(call.id, call.name or "", args, repeated=not fresh))
+        self.calls.call(call.id, name, args)
 
-    def _cancelled(self, task: asyncio.Task[list[CancelReport]]) -> None:
-        """The tool layer reports each cancellation itself; only a failure to cancel is the session's to log."""
-        if task.cancelled() or task.exception() is not None:
-            self.log.error(
-                "cancelling tool calls failed: %s", task.exception() if not task.cancelled() else "cancelled"
-            )
+    def _end_conversation(self, call_id: str, args: dict[str, Any]) -> None:
+        """Answered here, not by the tool layer; the session ends once that turn is complete and the goodbye has
+        been played (bounded by END_GRACE)."""
+        self._ending_since = time.monotonic()
+        self._goodbye_done = False
+        self.log.info("the model ends the conversation after this turn")
+        self._emit(ModelCalled(call_id, END_CONVERSATION, args, repeated=False))
+        if self._session is not None:
+            self.calls.answer_now(self._session, call_id, END_CONVERSATION, args, {"ok": True})
 
     def _emit(self, event: Event) -> None:
         if self.observer is not None:
             notify_all([self.observer], event, log)
+

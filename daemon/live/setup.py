@@ -1,7 +1,9 @@
-"""The Live session's setup: the connect config built from our config and the tool layer's declarations.
+"""The Live session's setup: the connect config built from our config, the tool layer's declarations and what
+the model accepts (daemon.live.models).
 
 The tool layer hands over transport-neutral declarations (name, description, JSON-Schema parameters, behavior);
 here they become Gemini's FunctionDeclaration, and `setup_frame` shows the exact JSON the SDK puts on the wire.
+A field the model does not support is left out, never sent as false: the service refuses it either way (1007).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from google import genai
 from google.genai import _common, _live_converters, types
 
 from ..config import Gemini
+from .models import ModelProfile, profile
 
 END_CONVERSATION = "end_conversation"
 
@@ -52,30 +55,39 @@ def to_schema(js: dict[str, Any]) -> types.Schema:
     )
 
 
-def function_declaration(decl: dict[str, Any]) -> types.FunctionDeclaration:
+def behavior(decl: dict[str, Any], model: ModelProfile) -> types.Behavior | None:
+    """What goes on the wire: a synchronous model takes none; an asynchronous one gets the tool's, or its own
+    default (NON_BLOCKING) spelled out."""
+    if not model.async_calls:
+        return None
+    return types.Behavior(decl.get("behavior") or "NON_BLOCKING")
+
+
+def function_declaration(decl: dict[str, Any], model: ModelProfile) -> types.FunctionDeclaration:
     params = decl["parameters"]
     return types.FunctionDeclaration(
         name=decl["name"],
         description=decl["description"],
         parameters=to_schema(params) if params.get("properties") else None,
-        behavior=types.Behavior(decl["behavior"]),
+        behavior=behavior(decl, model),
     )
 
 
-def end_conversation_declaration() -> types.FunctionDeclaration:
+def end_conversation_declaration(model: ModelProfile) -> types.FunctionDeclaration:
     return types.FunctionDeclaration(
         name=END_CONVERSATION,
         description=(
             "End the conversation and stop listening. Call it when the user says goodbye, says that is all, "
             "or asks you to stop. Say a short goodbye in the same turn."
         ),
-        behavior=types.Behavior.NON_BLOCKING,
+        behavior=behavior({"behavior": "NON_BLOCKING"}, model),
     )
 
 
 def connect_config(
     gemini: Gemini, declarations: list[dict[str, Any]], resumption_handle: str | None = None
 ) -> types.LiveConnectConfig:
+    model = profile(gemini.model)
     vad = gemini.vad
     activity = types.AutomaticActivityDetection(
         disabled=not vad.enabled,
@@ -89,33 +101,37 @@ def connect_config(
         silence_duration_ms=int(vad.silence * 1000) if vad.silence is not None else None,
     )
     compression = None
-    if gemini.sliding_window:
+    if gemini.sliding_window and model.compression:
         compression = types.ContextWindowCompressionConfig(
             trigger_tokens=gemini.compression_trigger_tokens, sliding_window=types.SlidingWindow()
         )
     speech = None
-    if gemini.voice or gemini.language:
+    language = gemini.language if model.language_code else None
+    if gemini.voice or language:
         speech = types.SpeechConfig(
             voice_config=types.VoiceConfig(prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name=gemini.voice))
             if gemini.voice
             else None,
-            language_code=gemini.language,
+            language_code=language,
         )
-    transcription = types.AudioTranscriptionConfig() if gemini.transcription else None
+    transcription = types.AudioTranscriptionConfig() if gemini.transcription and model.transcription else None
+    affective = gemini.affective_dialog if model.affective_dialog else None
+    proactivity = None
+    if gemini.proactive_audio is not None and model.proactive_audio:
+        proactivity = types.ProactivityConfig(proactive_audio=gemini.proactive_audio)
+    functions = [function_declaration(d, model) for d in declarations] + [end_conversation_declaration(model)]
     return types.LiveConnectConfig(
         response_modalities=[types.Modality.AUDIO],
         speech_config=speech,
         system_instruction=gemini.system_instruction,
         realtime_input_config=types.RealtimeInputConfig(automatic_activity_detection=activity),
         context_window_compression=compression,
-        session_resumption=types.SessionResumptionConfig(handle=resumption_handle),
+        session_resumption=types.SessionResumptionConfig(handle=resumption_handle) if model.resumption else None,
         input_audio_transcription=transcription,
         output_audio_transcription=transcription,
-        tools=[
-            types.Tool(
-                function_declarations=[function_declaration(d) for d in declarations] + [end_conversation_declaration()]
-            )
-        ],
+        enable_affective_dialog=affective,
+        proactivity=proactivity,
+        tools=[types.Tool(function_declarations=functions)],
     )
 
 

@@ -78,7 +78,7 @@ def read_password(settings: Mqtt) -> str | None:
         raise BrokerUnavailable(str(exc)) from None
 
 
-def _tls(settings: Mqtt) -> ssl.SSLContext | None:
+def tls_context(settings: Mqtt) -> ssl.SSLContext | None:
     if not settings.tls.enabled:
         return None
     ctx = ssl.create_default_context(cafile=str(settings.tls.ca_file) if settings.tls.ca_file else None)
@@ -109,6 +109,8 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._attempted = asyncio.Event()  # the first connection attempt has succeeded or failed
+        self._settled = asyncio.Event()  # connected, and the retained messages of the watched topics are in
+        self._fence = f"{settings.topic_prefix}/{settings.client_id}/fence"
         self._lost: asyncio.Future[None] | None = None
         self._connect_hooks: list[Callable[[], Awaitable[None] | None]] = [on_connect] if on_connect else []
         self.last_error = "not connected yet"
@@ -160,6 +162,15 @@ class MqttLink:
         """Until the first connection attempt has an outcome (bounded), so a status line tells the truth."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._attempted.wait(), timeout)
+
+    async def wait_settled(self, timeout: float) -> bool:
+        """Until the broker has handed over the retained messages of every watched topic (a read right after
+        start-up must see a reading that is on the broker), bounded; whether that happened."""
+        try:
+            await asyncio.wait_for(self._settled.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
     async def wait_connected(self, timeout: float | None = None) -> bool:
         try:
@@ -232,6 +243,7 @@ class MqttLink:
 
     def _mark_down(self) -> None:
         self._connected.clear()
+        self._settled.clear()
         self._client = None
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
@@ -245,7 +257,7 @@ class MqttLink:
             username=s.username,
             password=read_password(s),
             keepalive=int(s.keepalive),
-            tls_context=_tls(s),
+            tls_context=tls_context(s),
             tls_insecure=s.tls.insecure if s.tls.enabled else None,
             will=aiomqtt.Will(self.will.topic, self.will.payload, self.will.qos, self.will.retain)
             if self.will
@@ -259,7 +271,10 @@ class MqttLink:
             self._lost = asyncio.get_running_loop().create_future()
             self.connects += 1
             topics = sorted(self._watched) + [f for f, _ in self._patterns]
-            await self._subscribe(client, topics)
+            await self._subscribe(client, [*topics, self._fence])
+            # A broker keeps one client's messages in order: once our own fence message is back, the retained
+            # messages of the subscriptions before it have all arrived.
+            await client.publish(self._fence, b"", qos=1)
             self._connected.set()
             self._attempted.set()
             log.info("MQTT connected to %s (%d topics watched)", self.where, len(self._watched))
@@ -281,6 +296,9 @@ class MqttLink:
     def _dispatch(self, raw: aiomqtt.Message) -> None:
         payload = raw.payload if isinstance(raw.payload, bytes | bytearray) else str(raw.payload or "").encode()
         msg = Message(str(raw.topic), bytes(payload), bool(raw.retain))
+        if msg.topic == self._fence:
+            self._settled.set()
+            return
         if msg.topic in self._watched:
             self._cache[msg.topic] = msg
         for queue in self._waiters.get(msg.topic, ()):

@@ -23,6 +23,7 @@ from ..events import (
     STATES,
     Event,
     Reconnecting,
+    Refused,
     Reloaded,
     ReloadRefused,
     SessionEnded,
@@ -44,7 +45,6 @@ log = logger(__name__)
 COMMAND_BACKLOG = 16  # commands waiting for the controller; more are refused rather than run late
 PUBLISH_BACKLOG = 256
 HA_BIRTH_JITTER = 0.5  # HA asks for a random delay before answering its birth message
-SESSION_FAILURES = ("fatal", "connection_lost", "setup", "error")
 
 
 def _now() -> str:
@@ -87,6 +87,7 @@ class Presence:
         self._full_logged = False
         self._birth_topics: set[str] = set()
         self._attached = False  # subscriptions and the connect hook outlive a stop(): registered once
+        self._clearing = 0
 
     @staticmethod
     def will(config: Config) -> Will:
@@ -128,9 +129,11 @@ class Presence:
         wait = self.link.settings.publish_timeout if timeout is None else timeout
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._outbox.join(), wait)
-        for task in self._tasks:
+        current = asyncio.current_task()
+        others = [t for t in self._tasks if t is not current]  # a command that stops presence must not cancel itself
+        for task in others:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*others, return_exceptions=True)
         self._tasks.clear()
         try:
             await self.link.publish(self.topics.availability, OFFLINE.encode(), qos=1, retain=True)
@@ -201,9 +204,16 @@ class Presence:
                 self.on_wake(word, score)
             case SessionStarted(trigger=trigger, word=word):
                 self.event("session_started", **{k: v for k, v in (("trigger", trigger), ("word", word)) if v})
-            case SessionEnded(reason=reason, detail=detail, duration=duration, tool_calls=calls):
-                self.event("session_ended", reason=reason, detail=detail, duration=round(duration, 3), tool_calls=calls)
-                if reason in SESSION_FAILURES:
+            case SessionEnded(reason=reason, detail=detail, duration=duration, tool_calls=calls, tokens=tokens):
+                self.event(
+                    "session_ended",
+                    reason=reason,
+                    detail=detail,
+                    duration=round(duration, 3),
+                    tool_calls=calls,
+                    tokens=tokens,
+                )
+                if event.failed:
                     self.event("error", message=f"conversation ended: {reason}" + (f": {detail}" if detail else ""))
             case Reconnecting(why=why, attempt=attempt):
                 self.event("reconnecting", why=why, attempt=attempt)
@@ -213,6 +223,8 @@ class Presence:
                 self.event("cancelled", id=cid, name=name, result=result, detail=detail)
             case StoodDown():
                 self.event("stood_down", **event.fields())
+            case Refused(trigger=trigger, why=why):
+                self.event("error", message=f"{trigger} refused: {why}")
             case Reloaded():
                 self.event("reloaded")
             case ReloadRefused(problems=problems):
@@ -236,8 +248,17 @@ class Presence:
 
     def _on_command(self, msg: Message) -> None:
         if msg.retain:
-            if msg.payload:  # a retained command would run again on every reconnect
-                self._reject("retained command ignored; publish commands without the retain flag", None)
+            if msg.payload:  # a retained command would run again on every reconnect: refuse it, and clear it
+                self._reject(
+                    "retained command ignored (it would run on every start); clearing it. If it comes back, "
+                    f"clear it with: mosquitto_pub -r -n -t '{self.topics.command}'",
+                    None,
+                )
+                self._send(self.topics.command, b"", retain=True)
+                self._clearing += 1  # the broker hands our own empty message back: not a command
+            return
+        if not msg.payload and self._clearing:
+            self._clearing -= 1
             return
         try:
             command = parse_command(msg.payload)

@@ -31,7 +31,7 @@ from .server import Simulator
 UTTERANCE = "hey jarvis, turn on the kitchen light"
 LIGHT = "Kitchen Ceiling"  # the zigbee2mqtt friendly name
 KEY = "demo-key-not-secret"
-PACK = Path(__file__).resolve().parents[2] / "tools" / "zigbee2mqtt.yaml"
+PACK = "zigbee2mqtt"  # the bundled pack, by name
 
 SCENARIO = """
 description: the kitchen light, as the model would handle it with the zigbee2mqtt tool pack
@@ -47,7 +47,7 @@ turns:
 """
 
 
-def config(sim: Simulator, port: int, pack: Path) -> str:
+def config(sim: Simulator, port: int, pack: str) -> str:
     return f"""# written by livehome demo
 gemini:
   endpoint: {sim.url}
@@ -96,9 +96,6 @@ async def zigbee_light(port: int, seen: list[dict]) -> AsyncIterator[None]:
 
 
 async def demo(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
-    if not PACK.is_file():
-        print(f"livehome demo runs from a clone of the repository: {PACK} is missing", file=sys.stderr)
-        return 1
     directory = workdir or Path(tempfile.mkdtemp(prefix="livehome-demo-"))
     directory.mkdir(parents=True, exist_ok=True)
     mic, speaker = directory / "microphone.wav", directory / "speaker.wav"
@@ -123,7 +120,7 @@ async def demo(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
             )
             print(f"  Gemini Live: the simulator at {sim.url} (TLS, CA {sim.ca_file.name})", file=out)
             print(f'  microphone:  {mic.name}, espeak-ng saying "{UTTERANCE}"', file=out)
-            print(f"  tools:       {PACK.relative_to(PACK.parent.parent)} (set_light)", file=out)
+            print(f"  tools:       the bundled {PACK} pack (set_light)", file=out)
             daemon = Daemon(loaded, Options(input=str(mic), output=str(speaker)))
             daemon.observers.append(trace)
             code = await daemon.run()

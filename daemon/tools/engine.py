@@ -24,11 +24,13 @@ from ..mqtt.link import BrokerUnavailable, DeliveryUnknown
 from ..yamlsrc import suggest
 from . import template as tpl
 from .registry import ArgumentError, Registry, RenderedPublish, Tool
+from .spec import SchedulingSpec
 
 log = logger(__name__)
 
 ID_MEMORY = 4096  # how many call ids are remembered to refuse repeats
 STATE_INLINE_BYTES = 1024  # larger device states are cut down to the expected fields
+SETTLE_WAIT = 2.0  # how long a read may wait for the broker's retained messages after a (re)connect
 
 
 class Link(Protocol):
@@ -45,6 +47,8 @@ class Link(Protocol):
     def last(self, topic: str) -> Any: ...
 
     def listen(self, topic: str) -> contextlib.AbstractContextManager[asyncio.Queue[Any]]: ...
+
+    async def wait_settled(self, timeout: float) -> bool: ...
 
 
 class _Failed(Exception):
@@ -93,6 +97,18 @@ class Engine:
         c.task = asyncio.get_running_loop().create_task(self._run(c), name=f"tool-{call.id}")
         self._emit(ToolStarted(call.id, call.name, call.args))
         return True
+
+    def adopt(self, call: ToolCall, earlier: ToolResponse) -> None:
+        """Answer `call` with a result another call already produced, without running anything: the service
+        lost the earlier call and asked again. Cancelling it later has nothing to undo."""
+        if call.id in self._status:
+            return
+        c = _Call(call, time.monotonic())
+        c.response = earlier
+        c.finished.set_result(earlier)
+        self._calls[call.id] = c
+        self._remember(call.id, "ready")
+        self._ready.put_nowait(call.id)
 
     async def next_response(self) -> ToolResponse:
         """The next answer that is ready; cancelled calls never come out of here. Hand it back with requeue()
@@ -191,15 +207,7 @@ class Engine:
         self._ready.put_nowait(c.call.id)
         c.finished.set_result(response)
         level = logging.INFO if response.outcome == "success" else logging.WARNING
-        log.log(
-            level,
-            "tool %s %s → %s %s",
-            c.call.name,
-            c.call.id,
-            response.outcome,
-            json.dumps(response.response, ensure_ascii=False),
-            extra=_fields(c.call),
-        )
+        log.log(level, "%s", _journal_line(c, response), extra=_fields(c.call))
         self._emit(
             ToolFinished(
                 c.call.id,
@@ -222,8 +230,8 @@ class Engine:
         timings["total"] = time.monotonic() - c.started
         tool = self.registry.get(c.call.name)
         scheduling = None
-        if tool is not None and tool.spec.behavior == "NON_BLOCKING":
-            scheduling = tool.spec.scheduling.for_outcome(outcome)
+        if tool is not None and tool.spec.behavior != "BLOCKING":  # the live layer drops it for synchronous models
+            scheduling = (tool.spec.scheduling or SchedulingSpec()).for_outcome(outcome)
         return ToolResponse(c.call.id, c.call.name, result, scheduling, outcome, timings)
 
     async def _steps(self, c: _Call, timings: dict[str, float]) -> dict[str, Any]:
@@ -236,6 +244,8 @@ class Engine:
         except ArgumentError as exc:
             raise _Failed(f"invalid arguments, nothing was done: {exc}") from None
         if tool.read_topic is not None:
+            if self.link.connected:  # right after a (re)connect the retained readings are on their way
+                await self.link.wait_settled(SETTLE_WAIT)
             return self._read(tool, c.args)
         env = tpl.Env(c.args)
         try:
@@ -368,6 +378,26 @@ class Engine:
     def _emit(self, event: Event) -> None:
         if self.observer is not None:
             notify_all([self.observer], event, log)
+
+
+def _journal_line(c: _Call, response: ToolResponse) -> str:
+    """One line per call, in the words a person debugging from the journal needs: what was asked, what went on
+    the wire, what came of it. `set_light kitchen ON → zigbee2mqtt/Kitchen/set {"state":"ON"} → confirmed in 8 ms`"""
+    args = c.call.args
+    values = args.values() if isinstance(args, dict) else [args]
+    asked = " ".join([c.call.name, *(_short(v, 80) if isinstance(v, str) else _short_json(v) for v in values)])
+    body = response.response
+    took = f"{response.timings.get('total', 0.0) * 1000:.0f} ms"
+    if body.get("status") in ("read", "stale") and not c.sent:
+        return f"{asked} → {body['status']} {_short_json(body.get('value'))} in {took}"
+    wire = ", ".join(_short(m, 300) for m in c.sent) or "nothing published"
+    if response.outcome == "success":
+        return f"{asked} → {wire} → {body.get('status')} in {took}"
+    return f"{asked} → {wire} → {body.get('status')} after {took}: {body.get('error', '')}"
+
+
+def _short(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 def _fields(call: ToolCall) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
+from ..bundled import packs, packs_dir
 from ..schema import StrictModel
 from ..yamlsrc import ConfigError, LDict, LList, Problem, load_yaml, suggest
 
@@ -26,7 +27,9 @@ _INCLUDE_KEYS = ("include", "vars", "only")
 class Include(StrictModel):
     """An entry of the config's `tools:` list that pulls in tool packs (for the JSON Schema; expanded earlier)."""
 
-    include: str | list[str] = Field(description="file or glob, relative to the config file")
+    include: str | list[str] = Field(
+        description="a bundled pack's name (zigbee2mqtt, tasmota, shelly), or a file or glob relative to the config"
+    )
     vars: dict[str, Any] = Field(default_factory=dict, description="values for the pack's ${variables}")
     only: list[str] | None = Field(default=None, description="take just these tools from the pack")
 
@@ -88,11 +91,17 @@ def _include(entry: LDict, base: Path, problems: list[Problem]) -> list[Any]:
         problems.append(_problem(entry, "only", "only takes a list of tool names"))
         return []
     files: list[Path] = []
+    bundled = packs()
     for pattern in patterns:
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)
         matched = sorted(Path(p) for p in glob.glob(full))
+        if not matched and pattern in bundled:
+            matched = [bundled[pattern]]
         if not matched:
-            problems.append(_problem(entry, "include", f"no file matches '{pattern}' (relative to {base})"))
+            names = ", ".join(bundled) or "none"
+            problems.append(_problem(entry, "include", f"no file matches '{pattern}' (relative to {base}), and no "
+                                                       f"bundled pack has that name{suggest(pattern, bundled)} "
+                                                       f"(bundled: {names})"))
         files += matched
     declared: set[str] = set()
     tools: list[Any] = []
@@ -132,10 +141,12 @@ def _include(entry: LDict, base: Path, problems: list[Problem]) -> list[Any]:
 
 
 def _display(path: Path, base: Path) -> str:
-    try:
-        return str(path.relative_to(base))
-    except ValueError:
-        return str(path)
+    for folder, shown in ((base, ""), (packs_dir(), "<bundled pack> ")):
+        try:
+            return shown + str(path.relative_to(folder))
+        except ValueError:
+            continue
+    return str(path)
 
 
 def _split_pack(pack: Any, problems: list[Problem]) -> tuple[dict[str, Any], list[Any] | None]:

@@ -160,8 +160,10 @@ class ToolSpec(StrictModel):
     description: str = Field(min_length=1, description="what the model reads to decide when to call it")
     parameters: dict[str, Param] = Field(default_factory=dict)
     required: list[str] = Field(default_factory=list)
-    behavior: Behavior = "NON_BLOCKING"
-    scheduling: SchedulingSpec = SchedulingSpec()
+    behavior: Behavior | None = Field(
+        default=None, description="BLOCKING: the model waits for the answer; default: the model's own (see README)"
+    )
+    scheduling: SchedulingSpec | None = Field(default=None, description="how a NON_BLOCKING answer is delivered")
     publish: list[Publish] | None = Field(default=None, description="one publish or a list, sent in order")
     confirm: Confirm | None = None
     read: Read | None = None

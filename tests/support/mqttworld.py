@@ -60,7 +60,8 @@ class World:
         return [s for s in self.seen if s.topic == topic]
 
     def topics(self, exclude_prefix: str = "fence/") -> list[str]:
-        return [s.topic for s in self.seen if not s.topic.startswith(exclude_prefix)]
+        """What was published, without the fences (ours, and each MqttLink's own after it connects)."""
+        return [s.topic for s in self.seen if not s.topic.startswith(exclude_prefix) and not s.topic.endswith("/fence")]
 
     async def fence(self, link: MqttLink) -> None:
         """Publish a marker through the daemon's own connection and wait until it arrives here. The broker keeps

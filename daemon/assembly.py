@@ -1,0 +1,111 @@
+"""What the daemon runs on, and how a config becomes it: the devices it hears and speaks with, and its side of the
+broker (the link, the tool engine, presence, arbitration). Start-up and a reload build them through the same
+functions, so a reload that fails part way leaves the daemon whole on the old ones."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from .audio.inputs import InputStream, open_input
+from .audio.outputs import AudioSink, open_output
+from .config import Config
+from .live.client import make_client
+from .live.setup import connect_config
+from .loading import Loaded
+from .logs import logger
+from .mqtt.arbiter import Arbiter
+from .mqtt.link import MqttLink
+from .mqtt.presence import Presence
+from .tools.engine import Engine
+from .wake import AsyncWakeDetector
+
+log = logger(__name__)
+
+
+@dataclass
+class Options:
+    input: str | None = None  # --input -|FILE
+    output: str | None = None  # --output FILE.wav|none
+
+
+@dataclass
+class Devices:
+    """What the daemon hears and speaks with; opened together at start, and swapped together by a reload."""
+
+    wake: AsyncWakeDetector
+    speaker: AudioSink
+    mic: InputStream
+
+    async def close(self, keep: Devices | None = None) -> None:
+        """Release every device, except those `keep` goes on using."""
+        if keep is None or self.mic is not keep.mic:
+            await self.mic.aclose()
+        if keep is None or self.speaker is not keep.speaker:
+            await self.speaker.aclose()
+        if keep is None or self.wake is not keep.wake:
+            self.wake.close()
+
+
+async def open_devices(config: Config, options: Options, current: tuple[Config, Devices] | None = None) -> Devices:
+    """The devices `config` asks for. With `current` (a reload), devices whose settings did not change, and those
+    --input/--output pinned, are kept. A failure closes whatever was opened here and raises: the current devices
+    are never touched, so a reload that fails part way leaves the daemon whole."""
+    old_config, old = current if current is not None else (None, None)
+    opened: list[Any] = []
+    try:
+        if old is not None and old_config is not None and config.wake == old_config.wake:
+            wake = old.wake
+        else:
+            wake = await AsyncWakeDetector.create(config.wake)
+            opened.append(wake)
+        audio_same = old_config is not None and config.audio == old_config.audio
+        audio = config.audio
+        if old is not None and (audio_same or options.output):
+            speaker = old.speaker
+        else:
+            speaker = open_output(audio.output, options.output, audio.retry_delay)
+            await speaker.start()
+            opened.append(speaker)
+        if old is not None and (audio_same or options.input):
+            mic = old.mic
+        else:
+            mic = open_input(audio.input, options.input, audio.retry_delay)
+            await mic.start()
+            opened.append(mic)
+    except BaseException:
+        for device in reversed(opened):
+            if isinstance(device, AsyncWakeDetector):
+                device.close()
+            else:
+                await device.aclose()
+        raise
+    if old is not None and (speaker is not old.speaker or mic is not old.mic):
+        log.info("audio settings changed: devices reopened")
+    return Devices(wake, speaker, mic)
+
+
+@dataclass
+class MqttSide:
+    """The daemon on the broker: the link, the tool engine publishing through it, presence and arbitration."""
+
+    link: MqttLink
+    engine: Engine
+    presence: Presence
+    arbiter: Arbiter
+    task: asyncio.Task[None]
+
+    async def stop(self, timeout: float | None = None) -> None:
+        await self.presence.stop(timeout)  # offline (retained) before a clean disconnect, which sends no will
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+def warm_client(loaded: Loaded, key: str) -> Any:
+    """The Live client, and one throw-away connect config: both cost tens of milliseconds the first time, which
+    must not be spent between the wake word and the first audio byte."""
+    connect_config(loaded.config.gemini, loaded.registry.declarations())
+    return make_client(loaded.config.gemini, key)
