@@ -8,13 +8,22 @@ decimal numbers are numbers. Home-automation YAML is full of `ON`/`OFF`, `yes`/`
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+# A config, a tool pack or a scenario is small and shallow. These limits turn a hostile or broken file (a billion
+# laughs of aliases, 5000-deep nesting, /dev/zero, a FIFO) into one clear error instead of memory, time or a hang.
+MAX_BYTES = 1 << 20
+MAX_DEPTH = 64
+MAX_NODES = 100_000  # after expanding every alias
 
 
 class LDict(dict):
@@ -59,8 +68,49 @@ class ConfigError(Exception):
         super().__init__("\n".join(str(p) for p in self.problems))
 
 
+class _Limit(yaml.MarkedYAMLError):
+    """A document over MAX_DEPTH or MAX_NODES."""
+
+
 class _Loader(yaml.SafeLoader):
-    pass
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _Limit(problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def get_single_node(self) -> Any:
+        node = super().get_single_node()
+        if node is not None:
+            total = _expanded_size(node, {})
+            if total > MAX_NODES:
+                raise _Limit(
+                    problem=f"expands to {total} values through its aliases (at most {MAX_NODES})",
+                    problem_mark=node.start_mark,
+                )
+        return node
+
+
+def _expanded_size(node: yaml.Node, seen: dict[int, int]) -> int:
+    """Values the document holds once every alias is spelled out (memoised per node: aliases share nodes)."""
+    key = id(node)
+    if key in seen:
+        return seen[key]
+    seen[key] = 1  # a cycle counts once
+    if isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(child, seen) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, seen) + _expanded_size(v, seen) for k, v in node.value)
+    else:
+        size = 1
+    seen[key] = min(size, MAX_NODES + 1)
+    return seen[key]
 
 
 # Start from no implicit resolvers at all, then add the few we want (see the module docstring).
@@ -122,15 +172,39 @@ _Loader.add_constructor("tag:yaml.org,2002:map", _construct_mapping)
 _Loader.add_constructor("tag:yaml.org,2002:seq", _construct_sequence)
 
 
-def load_yaml(path: Path, display: str | None = None) -> Any:
-    """Parse one YAML file; syntax errors become a ConfigError with the file and line."""
-    name = display or str(path)
+def read_text_file(path: Path, name: str, max_bytes: int = MAX_BYTES) -> str:
+    """A small UTF-8 text file, or ConfigError: never a device, a FIFO or a huge file, never a control byte."""
     try:
-        text = path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block the open
     except FileNotFoundError:
         raise ConfigError([Problem(name, 0, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(name, 0, "", f"cannot read: {exc}")]) from None
+    except OSError as exc:
+        raise ConfigError([Problem(name, 0, "", f"cannot read: {exc.strerror or exc}")]) from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError([Problem(name, 0, "", "not a regular file (a device, FIFO or folder cannot be read)")])
+        if info.st_size > max_bytes:
+            raise ConfigError([Problem(name, 0, "", f"{info.st_size} bytes; at most {max_bytes} are read")])
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ConfigError([Problem(name, 0, "", f"more than {max_bytes} bytes; at most {max_bytes} are read")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError([Problem(name, line, "", f"not UTF-8 text (byte {data[exc.start]:#04x})")]) from None
+    for number, line_text in enumerate(text.splitlines(), 1):
+        bad = next((c for c in line_text if unicodedata.category(c) == "Cc" and c not in "\t\r"), None)
+        if bad is not None:
+            raise ConfigError([Problem(name, number, "", f"control character {ord(bad):#04x} in the text")])
+    return text
+
+
+def load_yaml(path: Path, display: str | None = None) -> Any:
+    """Parse one YAML file; every problem (syntax, size, depth, aliases, bytes) is a ConfigError with file:line."""
+    name = display or str(path)
+    text = read_text_file(Path(path), name)
     loader = _Loader(text)
     loader.name = name
     try:
@@ -138,9 +212,12 @@ def load_yaml(path: Path, display: str | None = None) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
-        raise ConfigError([Problem(name, line, "", f"YAML syntax: {exc.problem or exc}")]) from None
+        what = "YAML" if isinstance(exc, _Limit) else "YAML syntax"
+        raise ConfigError([Problem(name, line, "", f"{what}: {exc.problem or exc}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([Problem(name, 0, "", f"YAML: {exc}")]) from None
+    except RecursionError:  # a guard behind MAX_DEPTH, for nesting the composer never sees (flow collections)
+        raise ConfigError([Problem(name, 0, "", f"nested too deeply (at most {MAX_DEPTH} levels)")]) from None
     finally:
         loader.dispose()
 

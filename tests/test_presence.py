@@ -308,7 +308,7 @@ async def test_each_command_reaches_the_controller_in_order(broker: Broker) -> N
 BAD_COMMANDS = [
     (b"", "empty command"),
     (b"   ", "empty command"),
-    (b"dance", "unknown command 'dance'; expected one of start, end, mute, unmute, say, reload"),
+    (b"dance", "unknown command 'dance'; expected one of start, end, mute, unmute, reload, say, announce"),
     (b"say hello", "say needs JSON"),
     (b"{not json", "command is not valid JSON"),
     (b'["start"]', "command must be a JSON object"),
@@ -318,7 +318,7 @@ BAD_COMMANDS = [
     (b'{"command": "launch"}', "command: unknown command 'launch'"),
     (b'{"command": "start", "extra": 1}', "unknown key 'extra' for command start"),
     (b'{"command": "mute", "b": 1, "a": 2}', "unknown keys 'a', 'b' for command mute"),
-    (b'{"command": "start", "text": "hi"}', "text: only the say command takes text"),
+    (b'{"command": "start", "text": "hi"}', "unknown key 'text' for command start"),
     (b'{"command": "say"}', "text: missing"),
     (b'{"command": "say", "text": 42}', "text: must be a string"),
     (b'{"command": "say", "text": "   "}', "text: must not be empty"),
@@ -326,6 +326,7 @@ BAD_COMMANDS = [
     (b'{"command": "start", "command": "end"}', "command: given twice"),
     (b"\xff\xfe", "command is not UTF-8 text"),
     (b"x" * 5000, "command is 5000 bytes; at most 4096"),
+    (b"[" * 2000 + b"]" * 2000, "nested deeper than 8 levels"),
 ]
 
 

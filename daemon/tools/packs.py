@@ -111,7 +111,8 @@ def _include(entry: LDict, base: Path, problems: list[Problem]) -> list[Any]:
         try:
             pack = load_yaml(path, _display(path, base))
         except ConfigError as exc:
-            problems += exc.problems
+            for p in exc.problems:  # a file that cannot be read at all is the include line's problem
+                problems.append(p if p.line else _problem(entry, "include", f"{p.file}: {p.message}", "include"))
             complete = False
             continue
         pack_vars, pack_tools = _split_pack(pack, problems)
