@@ -90,7 +90,7 @@ async def test_text_turn_tool_call_and_spoken_answer(start: Start, tmp_path: Pat
     (response,) = sim.tool_responses
     assert (response.id, response.accepted, response.response, response.conn) == ("light-1", True, {"ok": True}, 1)
     kinds = [e.kind for e in sim.transcript if e.direction != "event"]
-    assert kinds[:5] == ["setup", "setup_complete", "text", "input_transcription", "tool_call"]
+    assert kinds[:6] == ["setup", "setup_complete", "text", "input_transcription", "function_call_parts", "tool_call"]
     assert kinds.index("tool_response") < kinds.index("audio") < kinds.index("turn_complete")
     lines = [json.loads(line) for line in (tmp_path / "transcript.jsonl").read_text().splitlines()]
     assert [line["kind"] for line in lines[: len(sim.transcript)]] == [e.kind for e in sim.transcript]
@@ -134,7 +134,7 @@ turns:
         stream = messages(session)
         await session.send_realtime_input(text="go")
         msgs = await until(stream, lambda m: m.tool_call_cancellation)
-        a, b = msgs[0].tool_call.function_calls
+        a, b = next(m for m in msgs if m.tool_call).tool_call.function_calls
         assert msgs[-1].tool_call_cancellation.ids == ["b"]
         await session.send_tool_response(function_responses=[
             types.FunctionResponse(id="nope", name="set_light", response={"ok": True}),

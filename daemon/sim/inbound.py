@@ -25,6 +25,7 @@ from .protocol import (
     snake,
 )
 from .records import ToolResponseRecord
+from .usage import json_chars
 from .vad import Utterance
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class Inbound:
                 self._violation(conn.number, f"realtime_input.text must be a string, got {short(text)}")
             else:
                 self._record(conn.number, "in", "text", text=text, via="realtime_input")
+                conn.usage.prompt.text_chars += len(text)
                 self.player.offer(Input("text", conn.number, text=text))
         if "audio_stream_end" in body:
             if body["audio_stream_end"] is not True:
@@ -172,6 +174,7 @@ class Inbound:
             pcm = pcm[:-1]
         conn.info.audio_bytes += len(pcm)
         conn.info.audio_seconds += len(pcm) / 2 / rate
+        conn.usage.prompt.audio_seconds += len(pcm) / 2 / rate
         now = time.monotonic()
         if conn.info.first_audio is None:
             conn.info.first_audio = now
@@ -221,6 +224,7 @@ class Inbound:
             self._violation(conn.number, "client_content.turnComplete must be a boolean")
             complete = False
         conn.content_text.extend(texts)
+        conn.usage.prompt.text_chars += sum(len(t) for t in texts)
         self._record(conn.number, "in", "client_content", text=" ".join(texts), turns=len(turns),
                      turn_complete=complete)
         if complete and conn.content_text:
@@ -241,6 +245,7 @@ class Inbound:
                 if isinstance(raw, dict) else {}
             if not isinstance(raw, dict):
                 problems.append(f"a function response must be an object, got {short(raw)}")
+            conn.usage.prompt.text_chars += json_chars(raw)
             self._answer(conn, fr, problems)
         self._notify()
 

@@ -1,7 +1,10 @@
 """The scenario player: the model's side of the conversation, one turn at a time.
 
 Each turn waits for user input matching its trigger and then runs its steps against the newest connection, so a
-scenario carries on across the client's reconnects as a conversation with the service does.
+scenario carries on across the client's reconnects as a conversation with the service does. Frames are shaped as
+the real service shapes them (../shared/docs/live-real-service.md): audio and its outputTranscription share one
+serverContent; a function call shows in modelTurn.parts before its toolCall; a turn ends with generationComplete
+(unless interrupted), then turnComplete carrying usageMetadata and fields clients rarely see.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from websockets.protocol import State
 
 from ..audio.speech import SpeechUnavailable, synthesize
 from .connection import Connection
-from .protocol import DEADLINE, duration_json, short
+from .protocol import DEADLINE, TURN_COMPLETE_EXTRAS, duration_json, short
 from .records import Call, Session
 from .scenario import AwaitTools, CallSpec, Close, ExpectReconnect, GoAway, ResumptionUpdate, Say, Step, Turn
+from .usage import TurnUsage, json_chars
 from .vad import Utterance
 
 if TYPE_CHECKING:
@@ -96,6 +100,9 @@ class Player:
         self.position = "not started"
         self.failed: str | None = None
         self.speech_seq = 0  # counts starts of user speech: one during the model's audio is a barge-in
+        # Where the model's generation is since the last turnComplete: turn_complete adds generationComplete
+        # unless the generation already completed or was interrupted.
+        self.generation: Literal["none", "open", "complete", "interrupted"] = "none"
         self._voices: dict[str, bytes] = {}
         self._record = sim._record
         self._violation = sim._violation
@@ -217,6 +224,12 @@ class Player:
                 call.times_sent += 1
                 call.sent = now
             out.append({"id": call_id, "name": spec.name, "args": spec.args})
+        self.generation = "open"
+        conn.usage.response.text_chars += json_chars(out)
+        # The service shows the calls in the model's turn too, just before toolCall; clients act on toolCall only.
+        parts = [{"functionCall": call} for call in out]
+        await conn.send("function_call_parts", {"serverContent": {"modelTurn": {"parts": parts}}},
+                        ids=[c["id"] for c in out])
         await conn.send("tool_call", {"toolCall": {"functionCalls": out}}, calls=out)
 
     async def _step_await_tools(self, spec: AwaitTools, ctx: _TurnCtx) -> None:
@@ -255,7 +268,9 @@ class Player:
     async def _step_say(self, say: Say, ctx: _TurnCtx) -> None:
         conn = await self._conn()
         transcript = say.text if say.transcript is True else (say.transcript or "")
+        self.generation = "open"
         if conn.text_mode:
+            conn.usage.response.text_chars += len(say.text)
             for word in say.text.split(" "):
                 if not await conn.send("model_text", {"serverContent": {"modelTurn": {"parts": [
                         {"text": word + " "}]}}}, record=False):
@@ -289,17 +304,20 @@ class Player:
             barged = watch and self.speech_seq != seq
             if barged:
                 break
-            frame = {"serverContent": {"modelTurn": {"parts": [
-                {"inlineData": {"mimeType": mime, "data": base64.b64encode(chunk).decode()}}]}}}
-            if not await conn.send("audio_chunk", frame, record=False):
-                break
-            sent += 1
+            content: dict[str, Any] = {"modelTurn": {"parts": [
+                {"inlineData": {"mimeType": mime, "data": base64.b64encode(chunk).decode()}}]}}
             upto = round((i + 1) / len(chunks) * len(words))
-            if upto > sent_words:
+            text = ""
+            if upto > sent_words:  # the words due by the end of this chunk ride in the same serverContent
                 piece = " ".join(words[sent_words:upto])
                 text = piece if sent_words == 0 else " " + piece
-                await conn.send("output_transcription", {"serverContent": {"outputTranscription": {"text": text}}},
-                                text=text)
+                content["outputTranscription"] = {"text": text}
+            if not await conn.send("audio_chunk", {"serverContent": content}, record=False):
+                break
+            sent += 1
+            conn.usage.response.audio_seconds += len(chunk) / 2 / voice.rate
+            if text:
+                self._record(conn.number, "out", "output_transcription", text=text, with_audio=True)
                 sent_words = upto
             if pace == "fast":
                 await asyncio.sleep(0)
@@ -317,12 +335,22 @@ class Player:
 
     async def _step_generation_complete(self, _: bool, ctx: _TurnCtx) -> None:
         await self._server_content("generation_complete", {"generationComplete": True})
+        self.generation = "complete"
 
     async def _step_turn_complete(self, _: bool, ctx: _TurnCtx) -> None:
-        await self._server_content("turn_complete", {"turnComplete": True})
+        """generationComplete if due, then turnComplete with usageMetadata on the same frame."""
+        conn = await self._conn()
+        if self.generation not in ("complete", "interrupted"):
+            await conn.send("generation_complete", {"serverContent": {"generationComplete": True}}, implicit=True)
+        self.generation = "none"
+        usage, conn.usage = conn.usage.metadata(), TurnUsage()
+        frame = {"serverContent": {"turnComplete": True, **TURN_COMPLETE_EXTRAS}, "usageMetadata": usage}
+        if await conn.send("turn_complete", frame, usage=usage):
+            conn.info.tokens.add(usage)
 
     async def _step_interrupted(self, _: bool, ctx: _TurnCtx) -> None:
         await self._server_content("interrupted", {"interrupted": True})
+        self.generation = "interrupted"
 
     async def _step_cancel_tools(self, ids: list[str], ctx: _TurnCtx) -> None:
         conn = await self._conn()

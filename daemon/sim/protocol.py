@@ -30,6 +30,11 @@ INVALID_ARGUMENT = (1007, "Request contains an invalid argument.")
 DEADLINE = (1011, "Deadline expired before operation could complete.")
 SESSION_IN_USE = (1011, "The session is in use by another connection.")
 
+# What the service's turnComplete frames may also carry: turnCompleteReason and waitingForInput (modelled by SDK
+# 3.4, rarely sent by a fake) and a made-up nested field no SDK models, so a client shows that fields it does not
+# know leave its receive loop alone (the SDK drops unknown nested keys; see live-real-service.md, "Frames").
+TURN_COMPLETE_EXTRAS = {"turnCompleteReason": "NEED_MORE_INPUT", "waitingForInput": True, "futureHint": {"x": 1}}
+
 URLSAFE_B64 = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
 STD_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
 PCM_MIME = re.compile(r"^audio/pcm(?:\s*;\s*rate=(\d+))?\s*$", re.IGNORECASE)
@@ -130,7 +135,6 @@ def short(value: Any, limit: int = 80) -> str:
     """A value quoted in a violation message, cut to a readable length."""
     text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
 
 
 @dataclass(frozen=True)

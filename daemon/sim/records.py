@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .usage import Tokens
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -70,6 +72,7 @@ class ConnectionInfo:
     audio_bytes: int = 0
     audio_seconds: float = 0.0
     first_audio: float | None = None  # monotonic time the first audio byte arrived
+    tokens: Tokens = field(default_factory=Tokens)  # what this connection's usageMetadata frames added up to
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 This serves the Live WebSocket over TLS on loopback (its own CA, written to `state_dir`), refuses what the service
 would refuse (see protocol.py), keeps sessions across reconnects as the service does, and records everything:
-the transcript, utterances, tool responses, connections, and every violation of the protocol a test can fail on.
+the transcript, utterances, tool responses, connections, token counts, and every violation a test can fail on.
 The model's side of the conversation is the player's (player.py); the client's frames are handled in inbound.py.
 """
 
@@ -48,6 +48,7 @@ from .protocol import (
 from .records import Call, ConnectionInfo, Entry, Session, ToolResponseRecord, Violation
 from .scenario import Scenario, load_scenario
 from .tls import make_tls_files
+from .usage import Tokens
 from .vad import Utterance
 
 log = logging.getLogger("livehome.sim.server")
@@ -185,6 +186,11 @@ class Simulator:
             api_version=api_version,
             async_client_args={"ssl": ssl.create_default_context(cafile=str(self.ca_file))},
         )
+
+    @property
+    def tokens_reported(self) -> dict[int, Tokens]:
+        """Per connection number: the sums of the usageMetadata sent on its turnComplete frames (usage.py)."""
+        return {c.number: c.tokens for c in self.connections if c.tokens.turns}
 
     def entries(self, kind: str | None = None, direction: str | None = None, conn: int | None = None) -> list[Entry]:
         return [
@@ -339,7 +345,7 @@ class Simulator:
             superseded = False
         conn.session = session
         conn.info.session = session.number
-        if not await conn.send("setup_complete", {"setupComplete": {}}):
+        if not await conn.send("setup_complete", {"setupComplete": {}}, binary=True):
             return False
         conn.ready = True
         self._current = conn
