@@ -1,6 +1,7 @@
 """The Live simulator behaves like the real service where that is less kind than a polite fake (issue 10):
-frame shapes, the end of a turn and usage. Each driven by the real google-genai SDK (or, for byte-level shapes, a raw
-WebSocket) over TLS; see ../shared/docs/live-real-service.md for the facts and their sources."""
+frame shapes, the end of a turn, usage, resumption during calls, stale handles and mid-session closes. Each
+driven by the real google-genai SDK (or, for byte-level shapes, a raw WebSocket) over TLS; see
+../shared/docs/live-real-service.md for the facts and their sources."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from google.genai import types
+from google.genai import errors, types
 from websockets.asyncio.client import connect as ws_connect
 
 from daemon.sim.server import Simulator
 from daemon.sim.usage import audio_tokens, text_tokens
-from tests.support.sim import MODEL, client_for, live_config, messages, until
+from tests.support.sim import MODEL, audio_of, client_for, live_config, messages, until
 
 Start = Callable[..., Awaitable[Simulator]]
+NOT_SUPPORTED = "Operation is not implemented, or supported, or enabled."
 
 
 @pytest.fixture(autouse=True)
@@ -51,9 +53,28 @@ def turn_complete(m: types.LiveServerMessage) -> bool:
     return bool(m.server_content and m.server_content.turn_complete)
 
 
+def answer(call: types.FunctionCall, **response: Any) -> types.FunctionResponse:
+    return types.FunctionResponse(id=call.id, name=call.name, response=response or {"ok": True})
+
+
+def calls_in(msgs: list[types.LiveServerMessage]) -> list[types.FunctionCall]:
+    return [c for m in msgs if m.tool_call for c in m.tool_call.function_calls]
+
+
+def updates(msgs: list[types.LiveServerMessage]) -> list[types.LiveServerSessionResumptionUpdate]:
+    return [m.session_resumption_update for m in msgs if m.session_resumption_update]
+
+
+async def refused(sim: Simulator, config: types.LiveConnectConfig, model: str = MODEL) -> errors.APIError:
+    with pytest.raises(errors.APIError) as raised:
+        async with client_for(sim).aio.live.connect(model=model, config=config) as session:
+            await until(messages(session), lambda m: False, timeout=5)
+    return raised.value
+
+
 async def test_frames_are_shaped_as_the_service_sends_them(start: Start) -> None:
     """setupComplete is binary; audio and its words share a serverContent; generationComplete, then turnComplete
-    with usageMetadata and fields clients rarely see."""
+    with usageMetadata and fields clients rarely see, then an unprompted resumption update."""
     sim = await start("""
 turns:
   - on: {text: hello}
@@ -70,7 +91,8 @@ turns:
     tls = ssl.create_default_context(cafile=sim.ca_file)
     frames: list[dict[str, Any]] = []
     async with ws_connect(uri, ssl=tls, additional_headers={"x-goog-api-key": sim.api_key}, proxy=None) as ws:
-        await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}", "outputAudioTranscription": {}}}))
+        await ws.send(json.dumps({"setup": {"model": f"models/{MODEL}", "outputAudioTranscription": {},
+                                            "sessionResumption": {}}}))
         first = await ws.recv()
         assert isinstance(first, bytes) and json.loads(first) == {"setupComplete": {}}
         for text in ("hello", "again"):
@@ -78,16 +100,16 @@ turns:
             while True:
                 frame = json.loads(await ws.recv())
                 frames.append(frame)
-                if frame.get("serverContent", {}).get("turnComplete"):
+                if "sessionResumptionUpdate" in frame:
                     break
     await sim.wait_finished(5)
     sim.assert_clean()
 
-    first_turn = frames[: next(i for i, f in enumerate(frames) if "usageMetadata" in f) + 1]
+    first_turn = frames[: next(i for i, f in enumerate(frames) if "sessionResumptionUpdate" in f) + 1]
     words = [f["serverContent"] for f in first_turn if "outputTranscription" in f.get("serverContent", {})]
     assert len(words) > 1 and all("inlineData" in c["modelTurn"]["parts"][0] for c in words)
     assert "".join(c["outputTranscription"]["text"] for c in words) == "Hello there, how are you?"
-    *_, generation, done = first_turn
+    *_, generation, done, update = first_turn
     assert generation == {"serverContent": {"generationComplete": True}}
     assert done["serverContent"] == {"turnComplete": True, "turnCompleteReason": "NEED_MORE_INPUT",
                                      "waitingForInput": True, "futureHint": {"x": 1}}
@@ -98,6 +120,7 @@ turns:
         "promptTokensDetails": [{"modality": "TEXT", "tokenCount": text_tokens(5)}],
         "responseTokensDetails": [{"modality": "AUDIO", "tokenCount": audio_tokens(said)}],
     }
+    assert update["sessionResumptionUpdate"]["resumable"] is True and update["sessionResumptionUpdate"]["newHandle"]
     reported = [f["usageMetadata"] for f in frames if "usageMetadata" in f]
     (tokens,) = sim.tokens_reported.values()
     assert tokens.turns == 2 and tokens.prompt == sum(u["promptTokenCount"] for u in reported)
@@ -130,3 +153,92 @@ turns:
     sim.assert_clean()
 
 
+async def test_resumption_updates_carry_no_handle_while_a_call_runs(start: Start) -> None:
+    """A function call shows in modelTurn first; while it is outstanding every update (after-turn ones too) is
+    resumable:false without a handle, unless the scenario forces one; a handle from before the call resumes
+    into a session that does not know it."""
+    sim = await start("""
+turns:
+  - on: {text: start the movie scene}
+    steps:
+      - resumption_update
+      - tool_call: {id: scene-1, name: run_scene, args: {scene: movie}}
+      - resumption_update
+      - resumption_update: {force: true}
+      - say: Starting the scene.
+      - turn_complete
+      - await_tools: [scene-1]
+      - say: The scene is ready.
+      - turn_complete
+""")
+    client = client_for(sim)
+    async with client.aio.live.connect(model=MODEL, config=live_config()) as session:
+        stream = messages(session)
+        await session.send_realtime_input(text="start the movie scene")
+        first = await until(stream, turn_complete)
+        first += await until(stream, lambda m: m.session_resumption_update)
+        mirrored = next(i for i, m in enumerate(first) if m.server_content and m.server_content.model_turn
+                        and m.server_content.model_turn.parts[0].function_call)
+        (call,) = calls_in(first)
+        assert first.index(next(m for m in first if m.tool_call)) == mirrored + 1
+        assert first[mirrored].server_content.model_turn.parts[0].function_call.id == call.id
+        before, during, forced, after_turn = updates(first)
+        assert before.resumable and before.new_handle
+        assert (during.resumable, during.new_handle) == (False, None)
+        assert forced.resumable and forced.new_handle
+        assert (after_turn.resumable, after_turn.new_handle) == (False, None)
+        await session.send_tool_response(function_responses=[answer(call)])
+        second = await until(stream, turn_complete)
+        second += await until(stream, lambda m: m.session_resumption_update)
+        assert updates(second)[-1].resumable and updates(second)[-1].new_handle
+    for handle, outstanding in ((before.new_handle, []), (forced.new_handle, ["scene-1"])):
+        async with client.aio.live.connect(model=MODEL, config=live_config(handle=handle)):
+            pass
+        assert sim.entries("resumed")[-1].detail["outstanding"] == outstanding
+    await sim.wait_finished(5)
+    sim.assert_clean()
+    assert len(sim.tool_responses) == 1  # the client acted on toolCall only, not on the mirrored part
+
+
+async def test_a_forgotten_handle_is_refused_and_a_fresh_session_goes_on(start: Start) -> None:
+    sim = await start("stale_handle")
+    client = client_for(sim)
+    seen: list[types.LiveServerMessage] = []
+    async with client.aio.live.connect(model=MODEL, config=live_config()) as session:
+        stream = messages(session)
+        await session.send_realtime_input(text="turn on the kitchen light")
+        (call,) = calls_in(await until(stream, lambda m: m.tool_call))
+        await session.send_tool_response(function_responses=[answer(call)])
+        with pytest.raises(errors.APIError) as dropped:
+            await until(stream, lambda m: seen.append(m) and False)
+    assert dropped.value.code == 1006
+    handle = updates(seen)[-1].new_handle
+    error = await refused(sim, live_config(handle=handle))
+    assert (error.code, "BidiGenerateContent session not found" in str(error)) == (1008, True)
+    async with client.aio.live.connect(model=MODEL, config=live_config()) as session:
+        stream = messages(session)
+        await session.send_realtime_input(text="turn off the kitchen light")
+        (call,) = calls_in(await until(stream, lambda m: m.tool_call))
+        await session.send_tool_response(function_responses=[answer(call)])
+        await until(stream, turn_complete)
+    await sim.wait_finished(5)
+    sim.assert_clean()
+    assert sim.entries("unknown_handle")[0].detail["forgotten"] is True
+    assert [c.resumed for c in sim.connections] == [False, False, False]
+
+
+async def test_a_mid_session_1008_and_the_turn_goes_on_afresh(start: Start) -> None:
+    sim = await start("mid_session_1008")
+    client = client_for(sim)
+    async with client.aio.live.connect(model=MODEL, config=live_config()) as session:
+        stream = messages(session)
+        await session.send_realtime_input(text="turn on the kitchen light")
+        (call,) = calls_in(await until(stream, lambda m: m.tool_call))
+        await session.send_tool_response(function_responses=[answer(call)])
+        with pytest.raises(errors.APIError) as closed:
+            await until(stream, lambda m: False)
+    assert closed.value.code == 1008 and NOT_SUPPORTED in str(closed.value)
+    async with client.aio.live.connect(model=MODEL, config=live_config()) as session:
+        assert audio_of(await until(messages(session), turn_complete))
+    await sim.wait_finished(5)
+    sim.assert_clean()

@@ -4,7 +4,8 @@ Each turn waits for user input matching its trigger and then runs its steps agai
 scenario carries on across the client's reconnects as a conversation with the service does. Frames are shaped as
 the real service shapes them (../shared/docs/live-real-service.md): audio and its outputTranscription share one
 serverContent; a function call shows in modelTurn.parts before its toolCall; a turn ends with generationComplete
-(unless interrupted), then turnComplete carrying usageMetadata and fields clients rarely see.
+(unless interrupted), then turnComplete carrying usageMetadata and fields clients rarely see, then an unprompted
+sessionResumptionUpdate.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import copy
 import logging
 import secrets
 import time
@@ -26,6 +26,7 @@ from ..audio.speech import SpeechUnavailable, synthesize
 from .connection import Connection
 from .protocol import DEADLINE, TURN_COMPLETE_EXTRAS, duration_json, short
 from .records import Call, Session
+from .resumption import send_update
 from .scenario import AwaitTools, CallSpec, Close, ExpectReconnect, GoAway, ResumptionUpdate, Say, Step, Turn
 from .usage import TurnUsage, json_chars
 from .vad import Utterance
@@ -338,15 +339,19 @@ class Player:
         self.generation = "complete"
 
     async def _step_turn_complete(self, _: bool, ctx: _TurnCtx) -> None:
-        """generationComplete if due, then turnComplete with usageMetadata on the same frame."""
+        """generationComplete if due, then turnComplete with usageMetadata on the same frame, then (if the client
+        enabled resumption) the service's unprompted sessionResumptionUpdate."""
         conn = await self._conn()
         if self.generation not in ("complete", "interrupted"):
             await conn.send("generation_complete", {"serverContent": {"generationComplete": True}}, implicit=True)
         self.generation = "none"
         usage, conn.usage = conn.usage.metadata(), TurnUsage()
         frame = {"serverContent": {"turnComplete": True, **TURN_COMPLETE_EXTRAS}, "usageMetadata": usage}
-        if await conn.send("turn_complete", frame, usage=usage):
-            conn.info.tokens.add(usage)
+        if not await conn.send("turn_complete", frame, usage=usage):
+            return
+        conn.info.tokens.add(usage)
+        if conn.resumption:
+            await send_update(conn, self.sim.handles, auto=True)
 
     async def _step_interrupted(self, _: bool, ctx: _TurnCtx) -> None:
         await self._server_content("interrupted", {"interrupted": True})
@@ -376,21 +381,15 @@ class Player:
 
     async def _step_resumption_update(self, spec: ResumptionUpdate, ctx: _TurnCtx) -> None:
         conn = await self._conn()
-        assert conn.session is not None
         if not conn.resumption:
             self._violation(conn.number, "the scenario issues a session resumption handle, but the client's setup "
                                          "did not enable session resumption (setup.sessionResumption)")
             return
-        if not spec.resumable:
-            await conn.send("session_resumption_update", {"sessionResumptionUpdate": {"resumable": False}},
-                            resumable=False)
-            return
-        handle = "simh-" + secrets.token_urlsafe(18)
-        self.sim._handles[handle] = (conn.session, copy.deepcopy(conn.session.calls))
-        conn.session.latest_handle = handle
-        await conn.send("session_resumption_update",
-                        {"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}},
-                        handle=handle, resumable=True)
+        await send_update(conn, self.sim.handles, resumable=spec.resumable, force=spec.force)
+
+    async def _step_forget_handles(self, _: bool, ctx: _TurnCtx) -> None:
+        count = self.sim.handles.forget()
+        self._record(self._current.number if self._current else 0, "event", "forget_handles", count=count)
 
     async def _step_abort(self, _: bool, ctx: _TurnCtx) -> None:
         conn = await self._conn()

@@ -6,7 +6,7 @@ Refusals imitate the service (close codes and reasons as users report them from 
   no API key             -> close 1008 "Method doesn't allow unregistered callers ..."
   unknown model          -> close 1008 "models/x is not found for API version v1beta, or is not supported ..."
   malformed setup/frame  -> close 1007 "Invalid JSON payload received. ..." / "Request contains an invalid argument."
-  unknown resume handle  -> close 1007 "Request contains an invalid argument."
+  unknown resume handle  -> close 1008 "BidiGenerateContent session not found" (yeyu2/Youtube_demos#5)
   goAway deadline passed -> close 1011 "Deadline expired before operation could complete."
 Each refusal happens after the client's setup frame, as the service does, so the SDK raises APIError(code).
 """
@@ -29,6 +29,7 @@ NO_KEY = (1008, "Method doesn't allow unregistered callers (callers without esta
 INVALID_ARGUMENT = (1007, "Request contains an invalid argument.")
 DEADLINE = (1011, "Deadline expired before operation could complete.")
 SESSION_IN_USE = (1011, "The session is in use by another connection.")
+SESSION_NOT_FOUND = (1008, "BidiGenerateContent session not found")
 
 # What the service's turnComplete frames may also carry: turnCompleteReason and waitingForInput (modelled by SDK
 # 3.4, rarely sent by a fake) and a made-up nested field no SDK models, so a client shows that fields it does not

@@ -96,3 +96,7 @@ class Session:
     number: int
     calls: dict[str, Call] = field(default_factory=dict)
     latest_handle: str | None = None
+
+    def outstanding(self) -> list[str]:
+        """Ids of calls issued and neither answered nor cancelled."""
+        return [c.id for c in self.calls.values() if c.state == "outstanding"]

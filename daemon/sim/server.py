@@ -1,7 +1,8 @@
 """A strict local stand-in for the Gemini Live API, so the real google-genai SDK can be exercised end to end.
 
 This serves the Live WebSocket over TLS on loopback (its own CA, written to `state_dir`), refuses what the service
-would refuse (see protocol.py), keeps sessions across reconnects as the service does, and records everything:
+would refuse (see protocol.py), keeps sessions across reconnects as the service does (resumption.py), and
+records everything:
 the transcript, utterances, tool responses, connections, token counts, and every violation a test can fail on.
 The model's side of the conversation is the player's (player.py); the client's frames are handled in inbound.py.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import itertools
 import json
 import logging
@@ -42,10 +42,12 @@ from .protocol import (
     NO_KEY,
     PATH_RE,
     SESSION_IN_USE,
+    SESSION_NOT_FOUND,
     ClientSetup,
     check_setup,
 )
-from .records import Call, ConnectionInfo, Entry, Session, ToolResponseRecord, Violation
+from .records import ConnectionInfo, Entry, Session, ToolResponseRecord, Violation
+from .resumption import Handles
 from .scenario import Scenario, load_scenario
 from .tls import make_tls_files
 from .usage import Tokens
@@ -105,7 +107,7 @@ class Simulator:
         self._current: Connection | None = None
         self._sessions = itertools.count(1)
         self._conn_numbers = itertools.count(1)
-        self._handles: dict[str, tuple[Session, dict[str, Call]]] = {}
+        self.handles = Handles()
         self._jsonl: TextIO | None = None
         self._t0 = time.monotonic()
         self._player = Player(self)
@@ -326,10 +328,11 @@ class Simulator:
             return False
         handle = setup.handle
         if handle:
-            found = self._handles.get(handle)
+            found = self.handles.find(handle)
             if found is None:
-                self._record(conn.number, "event", "unknown_handle", handle=handle)
-                await conn.refuse(*INVALID_ARGUMENT)
+                self._record(conn.number, "event", "unknown_handle", handle=handle,
+                             forgotten=self.handles.was_forgotten(handle))
+                await conn.refuse(*SESSION_NOT_FOUND)
                 return False
             session, snapshot = found
             busy = [c for c in self._conns if c is not conn and c.session is session and c.open]
@@ -338,7 +341,7 @@ class Simulator:
                 await conn.refuse(*SESSION_IN_USE)
                 return False
             superseded = handle != session.latest_handle
-            session.calls = copy.deepcopy(snapshot)
+            session.calls = snapshot
             conn.info.resumed, conn.info.handle = True, handle
         else:
             session = Session(next(self._sessions))
@@ -351,8 +354,7 @@ class Simulator:
         self._current = conn
         if conn.info.resumed:
             self._record(conn.number, "event", "resumed", session=session.number, handle=handle,
-                         superseded=superseded, outstanding=[c.id for c in session.calls.values()
-                                                             if c.state == "outstanding"])
+                         superseded=superseded, outstanding=session.outstanding())
         log.info("connection %d: session %d%s", conn.number, session.number, " (resumed)" if conn.info.resumed
                  else "")
         self._notify()

@@ -15,7 +15,7 @@ from ..schema import Duration, StrictModel
 from ..yamlsrc import suggest
 
 # Steps written as a bare word (`- turn_complete`) or with an empty value.
-FLAG_STEPS = ("generation_complete", "turn_complete", "interrupted", "abort")
+FLAG_STEPS = ("generation_complete", "turn_complete", "interrupted", "abort", "forget_handles")
 # Steps whose value may be left out: `- await_tools` means "all outstanding calls".
 OPTIONAL_VALUE_STEPS = ("await_tools", "resumption_update", "expect_reconnect")
 TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
@@ -80,6 +80,8 @@ class GoAway(StrictModel):
 
 class ResumptionUpdate(StrictModel):
     resumable: bool = True
+    force: bool = Field(default=False, description="issue a handle even while a call is outstanding (unlike the "
+                                                    "service: the handle then remembers the call)")
 
     @model_validator(mode="before")
     @classmethod
@@ -140,6 +142,9 @@ class Step(StrictModel):
     close: Close | None = None
     sleep: Duration | None = None
     expect_reconnect: ExpectReconnect | None = None
+    forget_handles: Literal[True] | None = Field(
+        default=None, description="every handle issued so far is refused from now on (1008 session not found)"
+    )
 
     @model_validator(mode="before")
     @classmethod
