@@ -1,7 +1,7 @@
 """The Live simulator behaves like the real service where that is less kind than a polite fake (issue 10):
-frame shapes, the end of a turn, usage, resumption during calls, stale handles and mid-session closes. Each
-driven by the real google-genai SDK (or, for byte-level shapes, a raw WebSocket) over TLS; see
-../shared/docs/live-real-service.md for the facts and their sources."""
+frame shapes, the end of a turn, usage, resumption during calls, stale handles, mid-session closes and calls a
+resume forgot. Each driven by the real google-genai SDK (or, for byte-level shapes, a raw
+WebSocket) over TLS; see ../shared/docs/live-real-service.md for the facts and their sources."""
 
 from __future__ import annotations
 
@@ -242,3 +242,58 @@ async def test_a_mid_session_1008_and_the_turn_goes_on_afresh(start: Start) -> N
         assert audio_of(await until(messages(session), turn_complete))
     await sim.wait_finished(5)
     sim.assert_clean()
+
+
+@pytest.mark.parametrize("late", [False, True], ids=["answered-before-the-drop", "answered-after-the-resume"])
+async def test_a_resume_forgets_an_outstanding_call_and_the_model_asks_again(start: Start, late: bool) -> None:
+    sim = await start("forgotten_call")
+    client = client_for(sim)
+    seen: list[types.LiveServerMessage] = []
+    async with client.aio.live.connect(model=MODEL, config=live_config()) as session:
+        stream = messages(session)
+        await session.send_realtime_input(text="turn on the kitchen light")
+        (first,) = calls_in(await until(stream, lambda m: seen.append(m) or m.tool_call))
+        if not late:
+            await session.send_tool_response(function_responses=[answer(first, ok=True, brightness=100)])
+        with pytest.raises(errors.APIError):
+            await until(stream, lambda m: seen.append(m) and False)
+    handles = [u.new_handle for u in updates(seen)]
+    assert handles[0] and handles[1:] == [None]  # none while light-1 ran
+    async with client.aio.live.connect(model=MODEL, config=live_config(handle=handles[0])) as session:
+        stream = messages(session)
+        if late:  # the result came in while disconnected: the resumed session never issued light-1
+            await session.send_tool_response(function_responses=[answer(first, ok=True, brightness=100)])
+        (again,) = calls_in(await until(stream, lambda m: m.tool_call))
+        assert (again.id, again.name, again.args) == ("light-2", first.name, first.args)
+        await session.send_tool_response(function_responses=[answer(again, ok=True, brightness=100)])
+        await until(stream, turn_complete)
+    await sim.wait_finished(5)
+    problems = [v.message for v in sim.violations]
+    if late:
+        (problem,) = problems
+        assert "unknown call id 'light-1' (issued on connection 1, then lost by resuming from an older handle)" \
+            in problem
+    else:
+        assert problems == []
+    assert sim.entries("resumed")[0].detail["outstanding"] == []
+
+
+async def test_a_reissued_call_must_be_answered_as_before(start: Start) -> None:
+    sim = await start("forgotten_call")
+    client = client_for(sim)
+    seen: list[types.LiveServerMessage] = []
+    async with client.aio.live.connect(model=MODEL, config=live_config()) as session:
+        stream = messages(session)
+        await session.send_realtime_input(text="turn on the kitchen light")
+        (first,) = calls_in(await until(stream, lambda m: seen.append(m) or m.tool_call))
+        await session.send_tool_response(function_responses=[answer(first, ok=True)])
+        with pytest.raises(errors.APIError):
+            await until(stream, lambda m: seen.append(m) and False)
+    async with client.aio.live.connect(model=MODEL, config=live_config(handle=updates(seen)[0].new_handle)) as session:
+        stream = messages(session)
+        (again,) = calls_in(await until(stream, lambda m: m.tool_call))
+        await session.send_tool_response(function_responses=[answer(again, ok=False)])
+        await until(stream, turn_complete)
+    await sim.wait_finished(5)
+    (problem,) = [v.message for v in sim.violations]
+    assert "response to 'light-2' is {\"ok\": false}; the same call 'light-1' was answered {\"ok\": true}" in problem

@@ -265,6 +265,22 @@ class Player:
             elif not _contains(got[-1].response, wanted):
                 self._violation(got[-1].conn, f"response to {call_id!r} is {short(got[-1].response)}, expected it "
                                               f"to contain {short(wanted)}")
+        for call_id, earlier in spec.same_as.items():
+            self._same_as(call_id, earlier)
+
+    def _same_as(self, call_id: str, earlier: str) -> None:
+        """A re-issued call's answer must equal what the client answered before (accepted or not: an answer sent
+        to a call a resume forgot is still the client's result). Nothing to compare if it never answered."""
+        got = [r for r in self.sim.tool_responses if r.id == call_id and r.accepted]
+        before = [r for r in self.sim.tool_responses if r.id == earlier]
+        if not got:
+            self._violation(0, f"await_tools: call {call_id!r} ended without a response to compare")
+        elif not before:
+            self._record(got[-1].conn, "event", "not_compared", id=call_id, same_as=earlier,
+                         why=f"the client never answered {earlier!r}")
+        elif got[-1].response != before[-1].response:
+            self._violation(got[-1].conn, f"response to {call_id!r} is {short(got[-1].response)}; the same call "
+                                          f"{earlier!r} was answered {short(before[-1].response)}")
 
     async def _step_say(self, say: Say, ctx: _TurnCtx) -> None:
         conn = await self._conn()

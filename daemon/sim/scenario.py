@@ -329,10 +329,13 @@ def _check_references(scenario: Scenario, raw: Any) -> list[Problem]:
             if step.await_tools:
                 for k, call_id in enumerate(step.await_tools.ids or []):
                     known(call_id, (*here, "await_tools", "ids", k))
-                for call_id in step.await_tools.expect:
-                    known(call_id, (*here, "await_tools", "expect", call_id))
-                    if step.await_tools.ids is not None and call_id not in step.await_tools.ids:
-                        problem((*here, "await_tools", "expect", call_id), f"'{call_id}' is not in ids")
+                for field in ("expect", "same_as"):
+                    for call_id, value in getattr(step.await_tools, field).items():
+                        known(call_id, (*here, "await_tools", field, call_id))
+                        if step.await_tools.ids is not None and call_id not in step.await_tools.ids:
+                            problem((*here, "await_tools", field, call_id), f"'{call_id}' is not in ids")
+                        if field == "same_as":
+                            known(value, (*here, "await_tools", field, call_id))
             if step.cancel_tools:
                 for k, call_id in enumerate(step.cancel_tools):
                     known(call_id, (*here, "cancel_tools", k))

@@ -40,6 +40,10 @@ class AwaitTools(StrictModel):
     expect: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per id, keys and values the response must contain"
     )
+    same_as: dict[str, str] = Field(
+        default_factory=dict,
+        description="per id, an earlier call id whose response this one must equal (the model re-issued a call)",
+    )
     on_timeout: Literal["violation", "continue"] = "violation"
 
     @model_validator(mode="before")
