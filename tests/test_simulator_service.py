@@ -1,6 +1,6 @@
 """The Live simulator behaves like the real service where that is less kind than a polite fake (issue 10):
-frame shapes, the end of a turn, usage, resumption during calls, stale handles, mid-session closes and calls a
-resume forgot. Each driven by the real google-genai SDK (or, for byte-level shapes, a raw
+frame shapes, the end of a turn, usage, resumption during calls, unknown fields, stale handles, mid-session
+closes and calls a resume forgot. Each driven by the real google-genai SDK (or, for byte-level shapes, a raw
 WebSocket) over TLS; see ../shared/docs/live-real-service.md for the facts and their sources."""
 
 from __future__ import annotations
@@ -198,6 +198,34 @@ turns:
     await sim.wait_finished(5)
     sim.assert_clean()
     assert len(sim.tool_responses) == 1  # the client acted on toolCall only, not on the mirrored part
+
+
+async def test_unknown_fields_nested_and_top_level(start: Start) -> None:
+    """The SDK drops unknown nested keys and unknown top-level keys next to known ones; a message of unknown
+    top-level keys only makes receive() raise TypeError (an SDK bug), after which the session still works."""
+    sim = await start("""
+turns:
+  - on: {text: go}
+    steps:
+      - raw: {serverContent: {modelTurn: {parts: [{text: "hi "}]}, futureHint: {x: 1}}, futureTop: {y: 2}}
+      - raw: {futureTop: {y: 2}}
+      - say: there
+      - turn_complete
+""")
+    async with client_for(sim).aio.live.connect(model=MODEL, config=live_config(text=True)) as session:
+        await session.send_realtime_input(text="go")
+        stream = messages(session)
+        (known,) = await until(stream, lambda m: True)
+        assert known.server_content.model_turn.parts[0].text == "hi "
+        assert "futureHint" not in known.model_dump_json() and "futureTop" not in known.model_dump_json()
+        with pytest.raises(TypeError):
+            await until(stream, lambda m: True)
+        rest = await until(messages(session), turn_complete)
+    assert "".join(m.text or "" for m in rest).strip() == "there"
+    assert rest[-1].server_content.waiting_for_input is True
+    await sim.wait_finished(5)
+    sim.assert_clean()
+    assert [e.detail["keys"] for e in sim.entries("raw")] == [["futureTop", "serverContent"], ["futureTop"]]
 
 
 async def test_a_forgotten_handle_is_refused_and_a_fresh_session_goes_on(start: Start) -> None:

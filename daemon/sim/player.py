@@ -407,6 +407,10 @@ class Player:
         count = self.sim.handles.forget()
         self._record(self._current.number if self._current else 0, "event", "forget_handles", count=count)
 
+    async def _step_raw(self, message: dict[str, Any], ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        await conn.send("raw", message, keys=sorted(message))
+
     async def _step_abort(self, _: bool, ctx: _TurnCtx) -> None:
         conn = await self._conn()
         self._record(conn.number, "out", "abort")

@@ -149,6 +149,7 @@ class Step(StrictModel):
     forget_handles: Literal[True] | None = Field(
         default=None, description="every handle issued so far is refused from now on (1008 session not found)"
     )
+    raw: dict[str, Any] | None = Field(default=None, description="send this JSON message verbatim")
 
     @model_validator(mode="before")
     @classmethod
