@@ -1,7 +1,8 @@
 """The Live simulator behaves like the real service where that is less kind than a polite fake (issue 10):
-frame shapes, the end of a turn, usage, resumption during calls, unknown fields, stale handles, mid-session
-closes and calls a resume forgot. Each driven by the real google-genai SDK (or, for byte-level shapes, a raw
-WebSocket) over TLS; see ../shared/docs/live-real-service.md for the facts and their sources."""
+frame shapes, the end of a turn, usage, resumption during calls, unknown fields, per-model refusals, stale
+handles, mid-session closes and calls a resume forgot. Each driven by the real google-genai SDK (or, for
+byte-level shapes, a raw WebSocket) over TLS; see ../shared/docs/live-real-service.md for the facts and their
+sources."""
 
 from __future__ import annotations
 
@@ -15,11 +16,14 @@ import pytest
 from google.genai import errors, types
 from websockets.asyncio.client import connect as ws_connect
 
+from daemon.sim.models import DEFAULT_MODELS
+from daemon.sim.protocol import truncate_reason
 from daemon.sim.server import Simulator
 from daemon.sim.usage import audio_tokens, text_tokens
-from tests.support.sim import MODEL, audio_of, client_for, live_config, messages, until
+from tests.support.sim import MODEL, audio_of, client_for, live_config, messages, send_pcm, speech, until
 
 Start = Callable[..., Awaitable[Simulator]]
+PREVIEW = "gemini-3.1-flash-live-preview"
 NOT_SUPPORTED = "Operation is not implemented, or supported, or enabled."
 
 
@@ -226,6 +230,132 @@ turns:
     await sim.wait_finished(5)
     sim.assert_clean()
     assert [e.detail["keys"] for e in sim.entries("raw")] == [["futureTop", "serverContent"], ["futureTop"]]
+
+
+def _config(**fields: Any) -> types.LiveConnectConfig:
+    config = live_config(tools=("set_light",), resumption=False)
+    for key, value in fields.items():
+        setattr(config, key, value)
+    return config
+
+
+REFUSALS = [
+    (MODEL, {"thinking_config": types.ThinkingConfig(thinking_level=types.ThinkingLevel.LOW)}, "thinking_level"),
+    (MODEL, {"enable_affective_dialog": False}, "enableAffectiveDialog"),
+    (MODEL, {"proactivity": types.ProactivityConfig(proactive_audio=False)}, "proactive_audio"),
+    (PREVIEW, {"tools": [types.Tool(function_declarations=[types.FunctionDeclaration(
+        name="set_light", behavior=types.Behavior.BLOCKING)])]}, "behavior"),
+    ("gemini-2.5-flash-native-audio-preview-12-2025", {"speech_config": types.SpeechConfig(language_code="de-DE")},
+     "language_code"),
+    ("gemini-live-2.5-flash-native-audio", {"speech_config": types.SpeechConfig(language_code="de-DE")},
+     "language_code"),
+]
+
+
+@pytest.mark.parametrize(("model", "fields", "named"), REFUSALS, ids=[f"{m}-{n}" for m, _, n in REFUSALS])
+async def test_models_refuse_setup_fields_they_do_not_support(start: Start, model: str, fields: dict[str, Any],
+                                                             named: str) -> None:
+    sim = await start("lights_on")
+    assert f"models/{model}" in DEFAULT_MODELS
+    error = await refused(sim, _config(**fields), model)
+    assert error.code == 1007 and named in str(error)
+    assert truncate_reason(sim.connections[0].rejected[1]) in str(error)  # close reasons stop at 123 bytes
+    assert named in sim.violations[0].message  # the client asked for something this model cannot do
+
+
+async def test_what_each_model_accepts(start: Start) -> None:
+    sim = await start("lights_on")
+    for model, config in ((MODEL, _config(proactivity=types.ProactivityConfig(proactive_audio=True))),
+                          (MODEL, live_config()),  # NON_BLOCKING declarations are fine on 3.8
+                          (PREVIEW, _config()),
+                          ("gemini-2.5-flash-native-audio-preview-12-2025", _config(
+                              speech_config=types.SpeechConfig(voice_config=types.VoiceConfig(
+                                  prebuilt_voice_config=types.PrebuiltVoiceConfig(voice_name="Kore")))))):
+        async with client_for(sim).aio.live.connect(model=model, config=config) as session:
+            assert session.setup_complete is not None
+    sim.assert_clean()
+
+
+LIGHT_TURN = """
+turns:
+  - on: {text: turn on the kitchen light}
+    steps:
+      - tool_call: {id: light-1, name: set_light, args: {room: kitchen, state: "ON"}}
+      - await_tools: {ids: [light-1], on_timeout: continue, timeout: 5s}
+      - say: The kitchen light is on.
+      - turn_complete
+"""
+
+
+@pytest.mark.parametrize(("misstep", "code"), [("audio", 1008), ("scheduling", 1007), (None, None)])
+async def test_a_synchronous_model_closes_on_input_during_a_call_and_refuses_scheduling(
+        start: Start, misstep: str | None, code: int | None) -> None:
+    sim = await start(LIGHT_TURN)
+    async with client_for(sim).aio.live.connect(model=PREVIEW, config=_config()) as session:
+        stream = messages(session)
+        await session.send_realtime_input(text="turn on the kitchen light")
+        (call,) = calls_in(await until(stream, lambda m: m.tool_call))
+        response = answer(call)
+        if misstep == "audio":
+            await session.send_realtime_input(audio=types.Blob(data=bytes(3200), mime_type="audio/pcm;rate=16000"))
+        elif misstep == "scheduling":
+            response.scheduling = types.FunctionResponseScheduling.WHEN_IDLE
+        if misstep != "audio":
+            await session.send_tool_response(function_responses=[response])
+        if code is None:
+            assert audio_of(await until(stream, turn_complete))
+            await session.send_realtime_input(audio=types.Blob(data=bytes(3200), mime_type="audio/pcm;rate=16000"))
+        else:
+            with pytest.raises(errors.APIError) as closed:
+                await until(stream, lambda m: False)
+            assert closed.value.code == code
+            assert (NOT_SUPPORTED if code == 1008 else '"scheduling"') in str(closed.value)
+    if code is None:
+        await sim.wait_finished(5)
+        sim.assert_clean()  # no call outstanding: audio is fine again
+        return
+    problem = sim.violations[0].message
+    if misstep == "audio":
+        assert "realtime input (audio) while call(s) light-1 are outstanding" in problem
+    else:
+        assert "Unknown name \"scheduling\" at 'tool_response.function_responses[0]'" in problem
+        assert sim.tool_responses == []  # the refused message answered nothing
+
+
+async def test_new_input_cancels_an_outstanding_blocking_call(start: Start) -> None:
+    """gemini-3.8-live: new user input (a text turn, or speech the VAD finds) cancels a BLOCKING call; a
+    NON_BLOCKING one keeps running."""
+    sim = await start("""
+turns:
+  - on: {text: turn on the kitchen light}
+    steps:
+      - tool_call: [{id: light-1, name: set_light, args: {room: kitchen}}, {id: scene-1, name: run_scene}]
+      - await_tools: {ids: [light-1], timeout: 5s}
+  - on: {text: never mind}
+    steps:
+      - await_tools: [scene-1]
+      - tool_call: {id: light-2, name: set_light, args: {room: hall}}
+      - await_tools: {ids: [light-2], timeout: 5s}
+  - on: speech
+    steps: [{say: Okay.}, turn_complete]
+""")
+    config = live_config()
+    config.tools[0].function_declarations[0].behavior = types.Behavior.BLOCKING  # set_light
+    async with client_for(sim).aio.live.connect(model=MODEL, config=config) as session:
+        stream = messages(session)
+        await session.send_realtime_input(text="turn on the kitchen light")
+        light, scene = calls_in(await until(stream, lambda m: m.tool_call))
+        assert (light.id, scene.id) == ("light-1", "scene-1")
+        await session.send_realtime_input(text="never mind")
+        assert (await until(stream, lambda m: m.tool_call_cancellation))[-1].tool_call_cancellation.ids == ["light-1"]
+        await session.send_tool_response(function_responses=[answer(scene)])
+        assert [c.id for c in calls_in(await until(stream, lambda m: m.tool_call))] == ["light-2"]
+        await send_pcm(session, speech("stop"))
+        assert (await until(stream, lambda m: m.tool_call_cancellation))[-1].tool_call_cancellation.ids == ["light-2"]
+        await until(stream, turn_complete)
+    await sim.wait_finished(5)
+    sim.assert_clean()
+    assert [e.detail["ids"] for e in sim.entries("blocking_cancelled")] == [["light-1"], ["light-2"]]
 
 
 async def test_a_forgotten_handle_is_refused_and_a_fresh_session_goes_on(start: Start) -> None:

@@ -1,5 +1,7 @@
 """What a client sends: every frame checked more strictly than the service does (each deviation is a violation a
-test can fail on), then turned into transcript entries, utterances, tool responses and user input.
+test can fail on), then turned into transcript entries, utterances, tool responses and user input. The model's
+own rules (models.py) apply here too: a synchronous model closes on realtime input during a call, a model without
+async calls refuses a scheduling, and gemini-3.8-live cancels an outstanding BLOCKING call on new user input.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .connection import Connection
+from .models import NOT_SUPPORTED, profile, unknown_name
 from .player import Input, Player
 from .protocol import (
     CLIENT_MESSAGES,
@@ -98,6 +101,12 @@ class Inbound:
 
     async def _on_realtime_input(self, conn: Connection, body: dict[str, Any]) -> None:
         now = time.monotonic()
+        if not profile(conn.info.model).input_during_calls and conn.session and conn.session.outstanding():
+            ids = ", ".join(conn.session.outstanding())
+            self._violation(conn.number, f"realtime input ({', '.join(body) or 'empty'}) while call(s) {ids} are "
+                                         f"outstanding: {conn.info.model} calls synchronously and closes with 1008")
+            await conn.close(1008, NOT_SUPPORTED)
+            return
         if "audio" in body:
             await self._on_audio(conn, body["audio"], "audio")
         for chunk in body.get("media_chunks") or []:
@@ -112,6 +121,7 @@ class Inbound:
             else:
                 self._record(conn.number, "in", "text", text=text, via="realtime_input")
                 conn.usage.prompt.text_chars += len(text)
+                await self._user_input(conn)
                 self.player.offer(Input("text", conn.number, text=text))
         if "audio_stream_end" in body:
             if body["audio_stream_end"] is not True:
@@ -127,7 +137,7 @@ class Inbound:
                 done = conn.vad.flush("activity_end", now) if conn.vad.in_speech else None
                 self.utterance_ended(conn, done)
                 conn.vad.begin_manual(now)
-                self._speech_started(conn)
+                await self._speech_started(conn)
         if "activity_end" in body:
             self._record(conn.number, "in", "activity_end")
             if not conn.manual_activity:
@@ -183,14 +193,30 @@ class Inbound:
             self._violation(conn.number, f"audio rate changed from {conn.vad.rate} to {rate} Hz mid-stream")
         for kind, utterance in conn.vad.feed(pcm, rate, now):
             if kind == "start":
-                self._speech_started(conn)
+                await self._speech_started(conn)
             else:
                 self.utterance_ended(conn, utterance)
 
-    def _speech_started(self, conn: Connection) -> None:
+    async def _speech_started(self, conn: Connection) -> None:
         self.player.speech_seq += 1
         self._record(conn.number, "event", "speech_start", offset=round(conn.info.audio_seconds, 3))
         self._notify()
+        await self._user_input(conn)
+
+    async def _user_input(self, conn: Connection) -> None:
+        """New user input (speech starting, a text turn): a model that cancels BLOCKING calls on it does so now,
+        as gemini-3.8-live's model page says."""
+        session = conn.session
+        if session is None or not profile(conn.info.model).cancel_blocking_on_input:
+            return
+        ids = [i for i in session.outstanding() if conn.info.tool_behaviors.get(session.calls[i].name) == "BLOCKING"]
+        if not ids:
+            return
+        now = time.monotonic()
+        for call_id in ids:
+            session.calls[call_id].state, session.calls[call_id].changed = "cancelled", now
+        self._record(conn.number, "event", "blocking_cancelled", ids=ids)
+        await conn.send("tool_call_cancellation", {"toolCallCancellation": {"ids": ids}}, ids=ids)
 
     def utterance_ended(self, conn: Connection, utterance: Utterance | None) -> None:
         if utterance is None:
@@ -228,6 +254,7 @@ class Inbound:
         self._record(conn.number, "in", "client_content", text=" ".join(texts), turns=len(turns),
                      turn_complete=complete)
         if complete and conn.content_text:
+            await self._user_input(conn)
             self.player.offer(Input("text", conn.number, text=" ".join(conn.content_text)))
             conn.content_text = []
 
@@ -239,6 +266,14 @@ class Inbound:
         if not isinstance(responses, list) or not responses:
             self._violation(conn.number, "tool_response.functionResponses must be a non-empty list")
             return
+        if not profile(conn.info.model).response_scheduling:
+            for i, raw in enumerate(responses):
+                key = next((k for k in raw if snake(str(k)) == "scheduling"), None) if isinstance(raw, dict) else None
+                if key is not None:  # the service refuses the message; no call is answered
+                    reason = unknown_name(key, f"tool_response.function_responses[{i}]")
+                    self._violation(conn.number, f"{conn.info.model} calls synchronously: {reason}")
+                    await conn.close(1007, reason)
+                    return
         for raw in responses:
             problems: list[str] = []
             fr = normalize(raw, FUNCTION_RESPONSE, "tool_response.function_responses", problems) \

@@ -27,7 +27,8 @@ from .connection import Connection
 from .protocol import DEADLINE, TURN_COMPLETE_EXTRAS, duration_json, short
 from .records import Call, Session
 from .resumption import send_update
-from .scenario import AwaitTools, CallSpec, Close, ExpectReconnect, GoAway, ResumptionUpdate, Say, Step, Turn
+from .scenario import Turn
+from .steps import AwaitTools, CallSpec, Close, ExpectReconnect, GoAway, ResumptionUpdate, Say, Step
 from .usage import TurnUsage, json_chars
 from .vad import Utterance
 

@@ -7,6 +7,7 @@ Refusals imitate the service (close codes and reasons as users report them from 
   unknown model          -> close 1008 "models/x is not found for API version v1beta, or is not supported ..."
   malformed setup/frame  -> close 1007 "Invalid JSON payload received. ..." / "Request contains an invalid argument."
   unknown resume handle  -> close 1008 "BidiGenerateContent session not found" (yeyu2/Youtube_demos#5)
+  unsupported field      -> close 1007 naming the field, per model (models.py)
   goAway deadline passed -> close 1011 "Deadline expired before operation could complete."
 Each refusal happens after the client's setup frame, as the service does, so the SDK raises APIError(code).
 """
@@ -19,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_MODELS = ("models/gemini-3.8-live",)
+from .models import DEFAULT_MODELS as DEFAULT_MODELS  # re-exported for `livehome simulate`; the table is models.py
+
 API_VERSIONS = ("v1", "v1beta", "v1alpha")
 PATH_RE = re.compile(r"/ws/google\.ai\.generativelanguage\.([A-Za-z0-9]+)\.GenerativeService\.BidiGenerateContent$")
 

@@ -64,6 +64,7 @@ class ConnectionInfo:
     handle: str | None = None
     setup: dict[str, Any] | None = None
     declared_tools: tuple[str, ...] = ()
+    tool_behaviors: dict[str, str | None] = field(default_factory=dict)  # declared behavior per tool, or None
     rejected: tuple[int, str] | None = None
     closed: float | None = None
     close_code: int | None = None

@@ -1,10 +1,10 @@
 """A strict local stand-in for the Gemini Live API, so the real google-genai SDK can be exercised end to end.
 
 This serves the Live WebSocket over TLS on loopback (its own CA, written to `state_dir`), refuses what the service
-would refuse (see protocol.py), keeps sessions across reconnects as the service does (resumption.py), and
-records everything:
-the transcript, utterances, tool responses, connections, token counts, and every violation a test can fail on.
-The model's side of the conversation is the player's (player.py); the client's frames are handled in inbound.py.
+would refuse (see protocol.py, and models.py for what each model refuses), keeps sessions across reconnects as
+the service does (resumption.py), and records everything: the transcript, utterances, tool responses,
+connections, token counts, and every violation of the protocol a test can fail on. The model's side of the
+conversation is the player's (player.py); the client's frames are handled in inbound.py.
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from websockets.http11 import Request, Response
 
 from .connection import Connection
 from .inbound import Inbound
+from .models import DEFAULT_MODELS, setup_refusal, tool_behaviors
 from .player import Player
 from .protocol import (
     API_VERSIONS,
     BAD_KEY,
     DEADLINE,
-    DEFAULT_MODELS,
     INVALID_ARGUMENT,
     NO_KEY,
     PATH_RE,
@@ -326,6 +326,11 @@ class Simulator:
                                     "supported for bidiGenerateContent. Call ListModels to see the list of "
                                     "available models and their supported methods.")
             return False
+        refusal = setup_refusal(model, message["setup"])
+        if refusal is not None:
+            self._violation(conn.number, f"{model} does not support this setup: {refusal}")
+            await conn.refuse(1007, refusal)
+            return False
         handle = setup.handle
         if handle:
             found = self.handles.find(handle)
@@ -370,6 +375,7 @@ class Simulator:
         conn.info.model = setup.model
         conn.info.setup = setup.fields
         conn.info.declared_tools = setup.declared_tools
+        conn.info.tool_behaviors = tool_behaviors(raw)
         conn.input_transcription = setup.input_transcription
         conn.output_transcription = setup.output_transcription
         conn.resumption = setup.resumption
