@@ -1,8 +1,8 @@
 """The Live simulator behaves like the real service where that is less kind than a polite fake (issue 10):
 frame shapes, the end of a turn, usage, resumption during calls, unknown fields, per-model refusals, stale
-handles, mid-session closes and calls a resume forgot. Each driven by the real google-genai SDK (or, for
-byte-level shapes, a raw WebSocket) over TLS; see ../shared/docs/live-real-service.md for the facts and their
-sources."""
+handles, mid-session closes, calls a resume forgot, client-side activity and context lines. Each driven by the
+real google-genai SDK (or, for byte-level shapes, a raw WebSocket) over TLS; see
+../shared/docs/live-real-service.md for the facts and their sources."""
 
 from __future__ import annotations
 
@@ -455,3 +455,33 @@ async def test_a_reissued_call_must_be_answered_as_before(start: Start) -> None:
     await sim.wait_finished(5)
     (problem,) = [v.message for v in sim.violations]
     assert "response to 'light-2' is {\"ok\": false}; the same call 'light-1' was answered {\"ok\": true}" in problem
+
+
+async def test_manual_activity_and_context_lines_are_in_the_transcript(start: Start) -> None:
+    sim = await start("lights_on")
+    config = live_config()
+    config.realtime_input_config = types.RealtimeInputConfig(
+        automatic_activity_detection=types.AutomaticActivityDetection(disabled=True))
+    pcm = speech("turn on the kitchen light")
+    async with client_for(sim).aio.live.connect(model=MODEL, config=config) as session:
+        stream = messages(session)
+        await session.send_client_content(turns=types.Content(role="user", parts=[types.Part(
+            text="The user is in the kitchen.")]), turn_complete=False)
+        await send_pcm(session, bytes(16000), trailing_silence=0)  # half a second before activityStart: not speech
+        await session.send_realtime_input(activity_start=types.ActivityStart())
+        await send_pcm(session, pcm)
+        await session.send_realtime_input(activity_end=types.ActivityEnd())
+        (call,) = calls_in(await until(stream, lambda m: m.tool_call))
+        await session.send_tool_response(function_responses=[answer(call)])
+        await until(stream, turn_complete)
+    await sim.wait_finished(5)
+    sim.assert_clean()
+
+    (context,) = sim.entries("client_content", "in")
+    assert (context.detail["context"], context.detail["text"]) == (True, "The user is in the kitchen.")
+    (began,), (ended,) = sim.entries("activity_start", "in"), sim.entries("activity_end", "in")
+    assert (began.detail["offset"], ended.detail["offset"]) == (0.5, round(0.5 + len(pcm) / 32000 + 1.0, 3))
+    (utterance,) = sim.utterances
+    assert (round(utterance.offset, 6), utterance.ended_by) == (0.5, "activity_end")
+    assert utterance.pcm == pcm + bytes(32000)  # exactly what was sent between activityStart and activityEnd
+    assert [e.detail["trigger"].split()[0] for e in sim.entries("turn_start")] == ["speech"]

@@ -39,7 +39,6 @@ class Connection:
         self.resumption = False
         self.manual_activity = False
         self.text_mode = False
-        self.content_text: list[str] = []
         self.usage = TurnUsage()  # since this connection's last turnComplete
         self.expiry: asyncio.Task[None] | None = None
 

@@ -129,7 +129,7 @@ class Inbound:
             self._record(conn.number, "in", "audio_stream_end")
             self.utterance_ended(conn, conn.vad.flush("audio_stream_end", now))
         if "activity_start" in body:
-            self._record(conn.number, "in", "activity_start")
+            self._record(conn.number, "in", "activity_start", offset=round(conn.info.audio_seconds, 3))
             if not conn.manual_activity:
                 self._violation(conn.number, "activityStart while automatic activity detection is enabled "
                                              "(set realtime_input_config.automatic_activity_detection.disabled)")
@@ -139,7 +139,7 @@ class Inbound:
                 conn.vad.begin_manual(now)
                 await self._speech_started(conn)
         if "activity_end" in body:
-            self._record(conn.number, "in", "activity_end")
+            self._record(conn.number, "in", "activity_end", offset=round(conn.info.audio_seconds, 3))
             if not conn.manual_activity:
                 self._violation(conn.number, "activityEnd while automatic activity detection is enabled")
             elif not conn.vad.in_speech:
@@ -235,6 +235,7 @@ class Inbound:
             self._violation(conn.number, "client_content.turns must be a list")
             return
         texts: list[str] = []
+        lines: list[dict[str, str]] = []
         for i, content in enumerate(turns):
             if not isinstance(content, dict) or not isinstance(content.get("parts", []), list):
                 self._violation(conn.number, f"client_content.turns[{i}] must be a Content object with parts")
@@ -243,20 +244,22 @@ class Inbound:
             if role not in ("user", "model"):
                 self._violation(conn.number, f"client_content.turns[{i}].role must be user or model, got {role!r}")
             for part in content.get("parts", []):
-                if role == "user" and isinstance(part, dict) and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    lines.append({"role": str(role), "text": part["text"]})
+                    if role == "user":
+                        texts.append(part["text"])
         complete = body.get("turn_complete", False)
         if not isinstance(complete, bool):
             self._violation(conn.number, "client_content.turnComplete must be a boolean")
             complete = False
-        conn.content_text.extend(texts)
-        conn.usage.prompt.text_chars += sum(len(t) for t in texts)
-        self._record(conn.number, "in", "client_content", text=" ".join(texts), turns=len(turns),
-                     turn_complete=complete)
-        if complete and conn.content_text:
+        text = " ".join(texts)
+        conn.usage.prompt.text_chars += sum(len(line["text"]) for line in lines)
+        # turnComplete false: context the model keeps without answering (a "context line"); it starts no turn.
+        self._record(conn.number, "in", "client_content", text=text, turns=len(turns), turn_complete=complete,
+                     context=not complete, lines=lines)
+        if complete and text:
             await self._user_input(conn)
-            self.player.offer(Input("text", conn.number, text=" ".join(conn.content_text)))
-            conn.content_text = []
+            self.player.offer(Input("text", conn.number, text=text))
 
     async def _on_context_update(self, conn: Connection, body: dict[str, Any]) -> None:
         self._record(conn.number, "in", "context_update", keys=sorted(body))
