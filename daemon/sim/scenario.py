@@ -4,6 +4,14 @@ A scenario is a list of turns run in order. Each turn waits for user input match
 runs its steps, which send what the real service would send (transcriptions, tool calls, audio, goAway, ...) or
 wait for the client (tool responses, a reconnect). The format is user-facing (`livehome simulate`), so every
 mistake is reported with its file and line, and ids that steps refer to are checked before anything runs.
+
+Steps (steps.py): input_transcription; tool_call (same id again: a repeat; same name and args under a new id: a
+re-issue); await_tools {ids, timeout, expect, same_as: {new: earlier} (answers must be equal), on_timeout}; say
+{text, transcript, pace, on_barge_in}; generation_complete; turn_complete (adds generationComplete if the turn
+has not sent one and was not interrupted; carries usageMetadata; then an automatic resumption update);
+interrupted; cancel_tools; go_away; resumption_update {resumable, force} (no handle while a call is outstanding
+unless force); forget_handles (every handle issued so far is refused: 1008 session not found); raw (a JSON
+message sent verbatim); abort; close {code, reason}; sleep; expect_reconnect {resumed: true | false | null}.
 """
 
 from __future__ import annotations
