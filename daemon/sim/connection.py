@@ -14,6 +14,7 @@ from websockets.protocol import State
 
 from .protocol import truncate_reason
 from .records import ConnectionInfo, Session
+from .usage import TurnUsage
 from .vad import EnergyVad
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ class Connection:
         self.resumption = False
         self.manual_activity = False
         self.text_mode = False
-        self.content_text: list[str] = []
+        self.usage = TurnUsage()  # since this connection's last turnComplete
         self.expiry: asyncio.Task[None] | None = None
 
     @property
@@ -49,12 +50,15 @@ class Connection:
     def open(self) -> bool:
         return self.ready and not self.aborted and self.ws.state is State.OPEN
 
-    async def send(self, kind: str, frame: dict[str, Any], *, record: bool = True, **detail: Any) -> bool:
+    async def send(self, kind: str, frame: Any, *, record: bool = True, binary: bool = False, **detail: Any) -> bool:
+        """Send one JSON message (a binary frame when `binary`, as the service sends setupComplete); False if the
+        connection is gone."""
         if self.aborted or self.ws.state is not State.OPEN:
             self.sim._record(self.number, "event", "dropped", frame=kind, why="connection closed")
             return False
+        text = json.dumps(frame)
         try:
-            await self.ws.send(json.dumps(frame))
+            await self.ws.send(text.encode() if binary else text)
         except ConnectionClosed:
             self.sim._record(self.number, "event", "dropped", frame=kind, why="connection closed")
             return False

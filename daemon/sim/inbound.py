@@ -1,5 +1,7 @@
 """What a client sends: every frame checked more strictly than the service does (each deviation is a violation a
-test can fail on), then turned into transcript entries, utterances, tool responses and user input.
+test can fail on), then turned into transcript entries, utterances, tool responses and user input. The model's
+own rules (models.py) apply here too: a synchronous model closes on realtime input during a call, a model without
+async calls refuses a scheduling, and gemini-3.8-live cancels an outstanding BLOCKING call on new user input.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .connection import Connection
+from .models import NOT_SUPPORTED, profile, unknown_name
 from .player import Input, Player
 from .protocol import (
     CLIENT_MESSAGES,
@@ -25,6 +28,7 @@ from .protocol import (
     snake,
 )
 from .records import ToolResponseRecord
+from .usage import json_chars
 from .vad import Utterance
 
 if TYPE_CHECKING:
@@ -97,6 +101,12 @@ class Inbound:
 
     async def _on_realtime_input(self, conn: Connection, body: dict[str, Any]) -> None:
         now = time.monotonic()
+        if not profile(conn.info.model).input_during_calls and conn.session and conn.session.outstanding():
+            ids = ", ".join(conn.session.outstanding())
+            self._violation(conn.number, f"realtime input ({', '.join(body) or 'empty'}) while call(s) {ids} are "
+                                         f"outstanding: {conn.info.model} calls synchronously and closes with 1008")
+            await conn.close(1008, NOT_SUPPORTED)
+            return
         if "audio" in body:
             await self._on_audio(conn, body["audio"], "audio")
         for chunk in body.get("media_chunks") or []:
@@ -110,6 +120,8 @@ class Inbound:
                 self._violation(conn.number, f"realtime_input.text must be a string, got {short(text)}")
             else:
                 self._record(conn.number, "in", "text", text=text, via="realtime_input")
+                conn.usage.prompt.text_chars += len(text)
+                await self._user_input(conn)
                 self.player.offer(Input("text", conn.number, text=text))
         if "audio_stream_end" in body:
             if body["audio_stream_end"] is not True:
@@ -117,7 +129,7 @@ class Inbound:
             self._record(conn.number, "in", "audio_stream_end")
             self.utterance_ended(conn, conn.vad.flush("audio_stream_end", now))
         if "activity_start" in body:
-            self._record(conn.number, "in", "activity_start")
+            self._record(conn.number, "in", "activity_start", offset=round(conn.info.audio_seconds, 3))
             if not conn.manual_activity:
                 self._violation(conn.number, "activityStart while automatic activity detection is enabled "
                                              "(set realtime_input_config.automatic_activity_detection.disabled)")
@@ -125,9 +137,9 @@ class Inbound:
                 done = conn.vad.flush("activity_end", now) if conn.vad.in_speech else None
                 self.utterance_ended(conn, done)
                 conn.vad.begin_manual(now)
-                self._speech_started(conn)
+                await self._speech_started(conn)
         if "activity_end" in body:
-            self._record(conn.number, "in", "activity_end")
+            self._record(conn.number, "in", "activity_end", offset=round(conn.info.audio_seconds, 3))
             if not conn.manual_activity:
                 self._violation(conn.number, "activityEnd while automatic activity detection is enabled")
             elif not conn.vad.in_speech:
@@ -172,6 +184,7 @@ class Inbound:
             pcm = pcm[:-1]
         conn.info.audio_bytes += len(pcm)
         conn.info.audio_seconds += len(pcm) / 2 / rate
+        conn.usage.prompt.audio_seconds += len(pcm) / 2 / rate
         now = time.monotonic()
         if conn.info.first_audio is None:
             conn.info.first_audio = now
@@ -180,14 +193,30 @@ class Inbound:
             self._violation(conn.number, f"audio rate changed from {conn.vad.rate} to {rate} Hz mid-stream")
         for kind, utterance in conn.vad.feed(pcm, rate, now):
             if kind == "start":
-                self._speech_started(conn)
+                await self._speech_started(conn)
             else:
                 self.utterance_ended(conn, utterance)
 
-    def _speech_started(self, conn: Connection) -> None:
+    async def _speech_started(self, conn: Connection) -> None:
         self.player.speech_seq += 1
         self._record(conn.number, "event", "speech_start", offset=round(conn.info.audio_seconds, 3))
         self._notify()
+        await self._user_input(conn)
+
+    async def _user_input(self, conn: Connection) -> None:
+        """New user input (speech starting, a text turn): a model that cancels BLOCKING calls on it does so now,
+        as gemini-3.8-live's model page says."""
+        session = conn.session
+        if session is None or not profile(conn.info.model).cancel_blocking_on_input:
+            return
+        ids = [i for i in session.outstanding() if conn.info.tool_behaviors.get(session.calls[i].name) == "BLOCKING"]
+        if not ids:
+            return
+        now = time.monotonic()
+        for call_id in ids:
+            session.calls[call_id].state, session.calls[call_id].changed = "cancelled", now
+        self._record(conn.number, "event", "blocking_cancelled", ids=ids)
+        await conn.send("tool_call_cancellation", {"toolCallCancellation": {"ids": ids}}, ids=ids)
 
     def utterance_ended(self, conn: Connection, utterance: Utterance | None) -> None:
         if utterance is None:
@@ -206,6 +235,7 @@ class Inbound:
             self._violation(conn.number, "client_content.turns must be a list")
             return
         texts: list[str] = []
+        lines: list[dict[str, str]] = []
         for i, content in enumerate(turns):
             if not isinstance(content, dict) or not isinstance(content.get("parts", []), list):
                 self._violation(conn.number, f"client_content.turns[{i}] must be a Content object with parts")
@@ -214,18 +244,22 @@ class Inbound:
             if role not in ("user", "model"):
                 self._violation(conn.number, f"client_content.turns[{i}].role must be user or model, got {role!r}")
             for part in content.get("parts", []):
-                if role == "user" and isinstance(part, dict) and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    lines.append({"role": str(role), "text": part["text"]})
+                    if role == "user":
+                        texts.append(part["text"])
         complete = body.get("turn_complete", False)
         if not isinstance(complete, bool):
             self._violation(conn.number, "client_content.turnComplete must be a boolean")
             complete = False
-        conn.content_text.extend(texts)
-        self._record(conn.number, "in", "client_content", text=" ".join(texts), turns=len(turns),
-                     turn_complete=complete)
-        if complete and conn.content_text:
-            self.player.offer(Input("text", conn.number, text=" ".join(conn.content_text)))
-            conn.content_text = []
+        text = " ".join(texts)
+        conn.usage.prompt.text_chars += sum(len(line["text"]) for line in lines)
+        # turnComplete false: context the model keeps without answering (a "context line"); it starts no turn.
+        self._record(conn.number, "in", "client_content", text=text, turns=len(turns), turn_complete=complete,
+                     context=not complete, lines=lines)
+        if complete and text:
+            await self._user_input(conn)
+            self.player.offer(Input("text", conn.number, text=text))
 
     async def _on_context_update(self, conn: Connection, body: dict[str, Any]) -> None:
         self._record(conn.number, "in", "context_update", keys=sorted(body))
@@ -235,12 +269,21 @@ class Inbound:
         if not isinstance(responses, list) or not responses:
             self._violation(conn.number, "tool_response.functionResponses must be a non-empty list")
             return
+        if not profile(conn.info.model).response_scheduling:
+            for i, raw in enumerate(responses):
+                key = next((k for k in raw if snake(str(k)) == "scheduling"), None) if isinstance(raw, dict) else None
+                if key is not None:  # the service refuses the message; no call is answered
+                    reason = unknown_name(key, f"tool_response.function_responses[{i}]")
+                    self._violation(conn.number, f"{conn.info.model} calls synchronously: {reason}")
+                    await conn.close(1007, reason)
+                    return
         for raw in responses:
             problems: list[str] = []
             fr = normalize(raw, FUNCTION_RESPONSE, "tool_response.function_responses", problems) \
                 if isinstance(raw, dict) else {}
             if not isinstance(raw, dict):
                 problems.append(f"a function response must be an object, got {short(raw)}")
+            conn.usage.prompt.text_chars += json_chars(raw)
             self._answer(conn, fr, problems)
         self._notify()
 

@@ -1,7 +1,11 @@
 """The scenario player: the model's side of the conversation, one turn at a time.
 
 Each turn waits for user input matching its trigger and then runs its steps against the newest connection, so a
-scenario carries on across the client's reconnects as a conversation with the service does.
+scenario carries on across the client's reconnects as a conversation with the service does. Frames are shaped as
+the real service shapes them (../shared/docs/live-real-service.md): audio and its outputTranscription share one
+serverContent; a function call shows in modelTurn.parts before its toolCall; a turn ends with generationComplete
+(unless interrupted), then turnComplete carrying usageMetadata and fields clients rarely see, then an unprompted
+sessionResumptionUpdate.
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import copy
 import logging
 import secrets
 import time
@@ -21,9 +24,12 @@ from websockets.protocol import State
 
 from ..audio.speech import SpeechUnavailable, synthesize
 from .connection import Connection
-from .protocol import DEADLINE, duration_json, short
+from .protocol import DEADLINE, TURN_COMPLETE_EXTRAS, duration_json, short
 from .records import Call, Session
-from .scenario import AwaitTools, CallSpec, Close, ExpectReconnect, GoAway, ResumptionUpdate, Say, Step, Turn
+from .resumption import send_update
+from .scenario import Turn
+from .steps import AwaitTools, CallSpec, Close, ExpectReconnect, GoAway, ResumptionUpdate, Say, Step
+from .usage import TurnUsage, json_chars
 from .vad import Utterance
 
 if TYPE_CHECKING:
@@ -96,6 +102,9 @@ class Player:
         self.position = "not started"
         self.failed: str | None = None
         self.speech_seq = 0  # counts starts of user speech: one during the model's audio is a barge-in
+        # Where the model's generation is since the last turnComplete: turn_complete adds generationComplete
+        # unless the generation already completed or was interrupted.
+        self.generation: Literal["none", "open", "complete", "interrupted"] = "none"
         self._voices: dict[str, bytes] = {}
         self._record = sim._record
         self._violation = sim._violation
@@ -217,6 +226,12 @@ class Player:
                 call.times_sent += 1
                 call.sent = now
             out.append({"id": call_id, "name": spec.name, "args": spec.args})
+        self.generation = "open"
+        conn.usage.response.text_chars += json_chars(out)
+        # The service shows the calls in the model's turn too, just before toolCall; clients act on toolCall only.
+        parts = [{"functionCall": call} for call in out]
+        await conn.send("function_call_parts", {"serverContent": {"modelTurn": {"parts": parts}}},
+                        ids=[c["id"] for c in out])
         await conn.send("tool_call", {"toolCall": {"functionCalls": out}}, calls=out)
 
     async def _step_await_tools(self, spec: AwaitTools, ctx: _TurnCtx) -> None:
@@ -251,11 +266,29 @@ class Player:
             elif not _contains(got[-1].response, wanted):
                 self._violation(got[-1].conn, f"response to {call_id!r} is {short(got[-1].response)}, expected it "
                                               f"to contain {short(wanted)}")
+        for call_id, earlier in spec.same_as.items():
+            self._same_as(call_id, earlier)
+
+    def _same_as(self, call_id: str, earlier: str) -> None:
+        """A re-issued call's answer must equal what the client answered before (accepted or not: an answer sent
+        to a call a resume forgot is still the client's result). Nothing to compare if it never answered."""
+        got = [r for r in self.sim.tool_responses if r.id == call_id and r.accepted]
+        before = [r for r in self.sim.tool_responses if r.id == earlier]
+        if not got:
+            self._violation(0, f"await_tools: call {call_id!r} ended without a response to compare")
+        elif not before:
+            self._record(got[-1].conn, "event", "not_compared", id=call_id, same_as=earlier,
+                         why=f"the client never answered {earlier!r}")
+        elif got[-1].response != before[-1].response:
+            self._violation(got[-1].conn, f"response to {call_id!r} is {short(got[-1].response)}; the same call "
+                                          f"{earlier!r} was answered {short(before[-1].response)}")
 
     async def _step_say(self, say: Say, ctx: _TurnCtx) -> None:
         conn = await self._conn()
         transcript = say.text if say.transcript is True else (say.transcript or "")
+        self.generation = "open"
         if conn.text_mode:
+            conn.usage.response.text_chars += len(say.text)
             for word in say.text.split(" "):
                 if not await conn.send("model_text", {"serverContent": {"modelTurn": {"parts": [
                         {"text": word + " "}]}}}, record=False):
@@ -289,17 +322,20 @@ class Player:
             barged = watch and self.speech_seq != seq
             if barged:
                 break
-            frame = {"serverContent": {"modelTurn": {"parts": [
-                {"inlineData": {"mimeType": mime, "data": base64.b64encode(chunk).decode()}}]}}}
-            if not await conn.send("audio_chunk", frame, record=False):
-                break
-            sent += 1
+            content: dict[str, Any] = {"modelTurn": {"parts": [
+                {"inlineData": {"mimeType": mime, "data": base64.b64encode(chunk).decode()}}]}}
             upto = round((i + 1) / len(chunks) * len(words))
-            if upto > sent_words:
+            text = ""
+            if upto > sent_words:  # the words due by the end of this chunk ride in the same serverContent
                 piece = " ".join(words[sent_words:upto])
                 text = piece if sent_words == 0 else " " + piece
-                await conn.send("output_transcription", {"serverContent": {"outputTranscription": {"text": text}}},
-                                text=text)
+                content["outputTranscription"] = {"text": text}
+            if not await conn.send("audio_chunk", {"serverContent": content}, record=False):
+                break
+            sent += 1
+            conn.usage.response.audio_seconds += len(chunk) / 2 / voice.rate
+            if text:
+                self._record(conn.number, "out", "output_transcription", text=text, with_audio=True)
                 sent_words = upto
             if pace == "fast":
                 await asyncio.sleep(0)
@@ -317,12 +353,26 @@ class Player:
 
     async def _step_generation_complete(self, _: bool, ctx: _TurnCtx) -> None:
         await self._server_content("generation_complete", {"generationComplete": True})
+        self.generation = "complete"
 
     async def _step_turn_complete(self, _: bool, ctx: _TurnCtx) -> None:
-        await self._server_content("turn_complete", {"turnComplete": True})
+        """generationComplete if due, then turnComplete with usageMetadata on the same frame, then (if the client
+        enabled resumption) the service's unprompted sessionResumptionUpdate."""
+        conn = await self._conn()
+        if self.generation not in ("complete", "interrupted"):
+            await conn.send("generation_complete", {"serverContent": {"generationComplete": True}}, implicit=True)
+        self.generation = "none"
+        usage, conn.usage = conn.usage.metadata(), TurnUsage()
+        frame = {"serverContent": {"turnComplete": True, **TURN_COMPLETE_EXTRAS}, "usageMetadata": usage}
+        if not await conn.send("turn_complete", frame, usage=usage):
+            return
+        conn.info.tokens.add(usage)
+        if conn.resumption:
+            await send_update(conn, self.sim.handles, auto=True)
 
     async def _step_interrupted(self, _: bool, ctx: _TurnCtx) -> None:
         await self._server_content("interrupted", {"interrupted": True})
+        self.generation = "interrupted"
 
     async def _step_cancel_tools(self, ids: list[str], ctx: _TurnCtx) -> None:
         conn = await self._conn()
@@ -348,21 +398,19 @@ class Player:
 
     async def _step_resumption_update(self, spec: ResumptionUpdate, ctx: _TurnCtx) -> None:
         conn = await self._conn()
-        assert conn.session is not None
         if not conn.resumption:
             self._violation(conn.number, "the scenario issues a session resumption handle, but the client's setup "
                                          "did not enable session resumption (setup.sessionResumption)")
             return
-        if not spec.resumable:
-            await conn.send("session_resumption_update", {"sessionResumptionUpdate": {"resumable": False}},
-                            resumable=False)
-            return
-        handle = "simh-" + secrets.token_urlsafe(18)
-        self.sim._handles[handle] = (conn.session, copy.deepcopy(conn.session.calls))
-        conn.session.latest_handle = handle
-        await conn.send("session_resumption_update",
-                        {"sessionResumptionUpdate": {"newHandle": handle, "resumable": True}},
-                        handle=handle, resumable=True)
+        await send_update(conn, self.sim.handles, resumable=spec.resumable, force=spec.force)
+
+    async def _step_forget_handles(self, _: bool, ctx: _TurnCtx) -> None:
+        count = self.sim.handles.forget()
+        self._record(self._current.number if self._current else 0, "event", "forget_handles", count=count)
+
+    async def _step_raw(self, message: dict[str, Any], ctx: _TurnCtx) -> None:
+        conn = await self._conn()
+        await conn.send("raw", message, keys=sorted(message))
 
     async def _step_abort(self, _: bool, ctx: _TurnCtx) -> None:
         conn = await self._conn()

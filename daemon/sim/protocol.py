@@ -6,7 +6,8 @@ Refusals imitate the service (close codes and reasons as users report them from 
   no API key             -> close 1008 "Method doesn't allow unregistered callers ..."
   unknown model          -> close 1008 "models/x is not found for API version v1beta, or is not supported ..."
   malformed setup/frame  -> close 1007 "Invalid JSON payload received. ..." / "Request contains an invalid argument."
-  unknown resume handle  -> close 1007 "Request contains an invalid argument."
+  unknown resume handle  -> close 1008 "BidiGenerateContent session not found" (yeyu2/Youtube_demos#5)
+  unsupported field      -> close 1007 naming the field, per model (models.py)
   goAway deadline passed -> close 1011 "Deadline expired before operation could complete."
 Each refusal happens after the client's setup frame, as the service does, so the SDK raises APIError(code).
 """
@@ -19,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_MODELS = ("models/gemini-3.8-live",)
+from .models import DEFAULT_MODELS as DEFAULT_MODELS  # re-exported for `livehome simulate`; the table is models.py
+
 API_VERSIONS = ("v1", "v1beta", "v1alpha")
 PATH_RE = re.compile(r"/ws/google\.ai\.generativelanguage\.([A-Za-z0-9]+)\.GenerativeService\.BidiGenerateContent$")
 
@@ -29,6 +31,12 @@ NO_KEY = (1008, "Method doesn't allow unregistered callers (callers without esta
 INVALID_ARGUMENT = (1007, "Request contains an invalid argument.")
 DEADLINE = (1011, "Deadline expired before operation could complete.")
 SESSION_IN_USE = (1011, "The session is in use by another connection.")
+SESSION_NOT_FOUND = (1008, "BidiGenerateContent session not found")
+
+# What the service's turnComplete frames may also carry: turnCompleteReason and waitingForInput (modelled by SDK
+# 3.4, rarely sent by a fake) and a made-up nested field no SDK models, so a client shows that fields it does not
+# know leave its receive loop alone (the SDK drops unknown nested keys; see live-real-service.md, "Frames").
+TURN_COMPLETE_EXTRAS = {"turnCompleteReason": "NEED_MORE_INPUT", "waitingForInput": True, "futureHint": {"x": 1}}
 
 URLSAFE_B64 = re.compile(r"^[A-Za-z0-9_-]*={0,2}$")
 STD_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
@@ -130,7 +138,6 @@ def short(value: Any, limit: int = 80) -> str:
     """A value quoted in a violation message, cut to a readable length."""
     text = json.dumps(value, ensure_ascii=False, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .usage import Tokens
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -62,6 +64,7 @@ class ConnectionInfo:
     handle: str | None = None
     setup: dict[str, Any] | None = None
     declared_tools: tuple[str, ...] = ()
+    tool_behaviors: dict[str, str | None] = field(default_factory=dict)  # declared behavior per tool, or None
     rejected: tuple[int, str] | None = None
     closed: float | None = None
     close_code: int | None = None
@@ -70,6 +73,7 @@ class ConnectionInfo:
     audio_bytes: int = 0
     audio_seconds: float = 0.0
     first_audio: float | None = None  # monotonic time the first audio byte arrived
+    tokens: Tokens = field(default_factory=Tokens)  # what this connection's usageMetadata frames added up to
 
 
 @dataclass
@@ -93,3 +97,7 @@ class Session:
     number: int
     calls: dict[str, Call] = field(default_factory=dict)
     latest_handle: str | None = None
+
+    def outstanding(self) -> list[str]:
+        """Ids of calls issued and neither answered nor cancelled."""
+        return [c.id for c in self.calls.values() if c.state == "outstanding"]

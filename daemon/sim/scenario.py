@@ -4,6 +4,14 @@ A scenario is a list of turns run in order. Each turn waits for user input match
 runs its steps, which send what the real service would send (transcriptions, tool calls, audio, goAway, ...) or
 wait for the client (tool responses, a reconnect). The format is user-facing (`livehome simulate`), so every
 mistake is reported with its file and line, and ids that steps refer to are checked before anything runs.
+
+Steps (steps.py): input_transcription; tool_call (same id again: a repeat; same name and args under a new id: a
+re-issue); await_tools {ids, timeout, expect, same_as: {new: earlier} (answers must be equal), on_timeout}; say
+{text, transcript, pace, on_barge_in}; generation_complete; turn_complete (adds generationComplete if the turn
+has not sent one and was not interrupted; carries usageMetadata; then an automatic resumption update);
+interrupted; cancel_tools; go_away; resumption_update {resumable, force} (no handle while a call is outstanding
+unless force); forget_handles (every handle issued so far is refused: 1008 session not found); raw (a JSON
+message sent verbatim); abort; close {code, reason}; sleep; expect_reconnect {resumed: true | false | null}.
 """
 
 from __future__ import annotations
@@ -18,14 +26,28 @@ from pydantic_core import PydanticCustomError
 
 from ..schema import Duration, StrictModel, problems_from_validation
 from ..yamlsrc import ConfigError, LDict, LList, Problem, dotted, load_yaml, locate, suggest
+from .steps import (
+    FLAG_STEPS,
+    OPTIONAL_VALUE_STEPS,
+    TOOL_NAME,
+    AwaitTools,
+    CallSpec,
+    Close,
+    ExpectReconnect,
+    GoAway,
+    ResumptionUpdate,
+    Say,
+    Step,
+)
+
+__all__ = [
+    "FLAG_STEPS", "OPTIONAL_VALUE_STEPS", "TOOL_NAME", "AwaitTools", "CallSpec", "Close", "ConfigError",
+    "ExpectReconnect", "GoAway", "ResumptionUpdate", "Say", "Scenario", "Settings", "Step", "Trigger", "Turn",
+    "load_scenario", "packaged_scenarios",
+]
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 
-# Steps written as a bare word (`- turn_complete`) or with an empty value.
-FLAG_STEPS = ("generation_complete", "turn_complete", "interrupted", "abort")
-# Steps whose value may be left out: `- await_tools` means "all outstanding calls".
-OPTIONAL_VALUE_STEPS = ("await_tools", "resumption_update", "expect_reconnect")
-TOOL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _WORDS = re.compile(r"[^\w\s]+")
 
@@ -143,180 +165,6 @@ class Trigger(StrictModel):
         if self.speech:
             parts.append("speech")
         return " or ".join(parts)
-
-
-class CallSpec(StrictModel):
-    name: str = Field(description="the tool's name as the client declares it")
-    args: dict[str, Any] = Field(default_factory=dict)
-    id: str | None = Field(default=None, min_length=1, description="fixed id, so later steps can refer to it")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not TOOL_NAME.match(v):
-            raise ValueError("a tool name starts with a letter or _, then letters, digits, _ . : - (64 at most)")
-        return v
-
-
-class AwaitTools(StrictModel):
-    ids: list[str] | None = Field(default=None, description="the calls to wait for; all outstanding ones if unset")
-    timeout: Duration | None = Field(default=None, gt=0, description="settings.tool_timeout if unset")
-    expect: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="per id, keys and values the response must contain"
-    )
-    on_timeout: Literal["violation", "continue"] = "violation"
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short(cls, data: Any) -> Any:
-        if data is None or data == "all":
-            return {}
-        if isinstance(data, str):
-            return {"ids": [data]}
-        if isinstance(data, list):
-            return {"ids": data}
-        return data
-
-
-class Say(StrictModel):
-    text: str = Field(min_length=1, description="what the model says (espeak-ng)")
-    transcript: bool | str = Field(default=True, description="outputTranscription: the text, other text, or none")
-    pace: Literal["fast", "realtime"] | None = None
-    on_barge_in: list[Step] | None = Field(
-        default=None,
-        description="if the user starts speaking while this audio plays: run these steps and end the turn",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short(cls, data: Any) -> Any:
-        return {"text": data} if isinstance(data, str) else data
-
-
-class GoAway(StrictModel):
-    time_left: Duration = Field(default=10.0, description="then the connection is closed if the client stays")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short(cls, data: Any) -> Any:
-        return {"time_left": data} if not isinstance(data, dict) else data
-
-
-class ResumptionUpdate(StrictModel):
-    resumable: bool = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short(cls, data: Any) -> Any:
-        if data is None:
-            return {}
-        return {"resumable": data} if isinstance(data, bool) else data
-
-
-class Close(StrictModel):
-    code: int = Field(ge=1000, le=4999)
-    reason: str = Field(default="", max_length=123)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short(cls, data: Any) -> Any:
-        return {"code": data} if isinstance(data, int) and not isinstance(data, bool) else data
-
-    @field_validator("code")
-    @classmethod
-    def _sendable(cls, v: int) -> int:
-        if v in (1004, 1005, 1006, 1015) or 1016 <= v <= 2999:
-            raise ValueError(f"close code {v} cannot be sent in a close frame (use abort for an abrupt close)")
-        return v
-
-    @field_validator("reason")
-    @classmethod
-    def _bytes(cls, v: str) -> str:
-        if len(v.encode()) > 123:
-            raise ValueError("a close reason is at most 123 bytes of UTF-8")
-        return v
-
-
-class ExpectReconnect(StrictModel):
-    resumed: bool | None = Field(default=True, description="true: must resume; false: must not; null: either")
-    timeout: Duration | None = Field(default=None, gt=0, description="settings.reconnect_timeout if unset")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _short(cls, data: Any) -> Any:
-        return {} if data is None else data
-
-
-class Step(StrictModel):
-    """One thing the fake model does: a mapping with exactly one key, the step's kind."""
-
-    input_transcription: str | None = Field(default=None, description="serverContent.inputTranscription")
-    tool_call: list[CallSpec] | None = Field(default=None, description="one toolCall message with these calls")
-    await_tools: AwaitTools | None = None
-    say: Say | None = None
-    generation_complete: Literal[True] | None = None
-    turn_complete: Literal[True] | None = None
-    interrupted: Literal[True] | None = None
-    cancel_tools: list[str] | None = Field(default=None, min_length=1, description="toolCallCancellation ids")
-    go_away: GoAway | None = None
-    resumption_update: ResumptionUpdate | None = None
-    abort: Literal[True] | None = Field(default=None, description="drop the TCP connection (the client sees 1006)")
-    close: Close | None = None
-    sleep: Duration | None = None
-    expect_reconnect: ExpectReconnect | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_kind(cls, data: Any) -> Any:
-        kinds = list(cls.model_fields)
-        if isinstance(data, str):
-            if data in FLAG_STEPS:
-                return {data: True}
-            if data in OPTIONAL_VALUE_STEPS:
-                return {data: {}}
-            if data in kinds:
-                raise PydanticCustomError("step", "step '{kind}' needs a value", {"kind": data})
-            raise PydanticCustomError("step", "unknown step '{kind}'{hint}", {"kind": data,
-                                                                              "hint": suggest(data, kinds)})
-        if isinstance(data, dict):
-            if len(data) != 1:
-                raise PydanticCustomError(
-                    "step",
-                    "a step is a mapping with one key, its kind (got {keys}); put options under it, "
-                    "e.g. `say: {text: ..., pace: realtime}`",
-                    {"keys": ", ".join(map(str, data)) or "none"},
-                )
-            (kind, value), = data.items()
-            if value is None:
-                if kind in FLAG_STEPS:
-                    return {kind: True}
-                if kind in OPTIONAL_VALUE_STEPS:
-                    return {kind: {}}
-                if kind in kinds and kind not in OPTIONAL_VALUE_STEPS:
-                    raise PydanticCustomError("step", "step '{kind}' needs a value", {"kind": kind})
-            return data
-        raise PydanticCustomError("step", "a step is a word such as turn_complete or a one-key mapping")
-
-    @field_validator("tool_call", mode="before")
-    @classmethod
-    def _one_call(cls, v: Any) -> Any:
-        return [v] if isinstance(v, dict) else v
-
-    @field_validator("cancel_tools", mode="before")
-    @classmethod
-    def _one_id(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @property
-    def kind(self) -> str:
-        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
-
-    @property
-    def value(self) -> Any:
-        return getattr(self, self.kind)
-
-
-Say.model_rebuild()
 
 
 class Turn(StrictModel):
@@ -489,10 +337,13 @@ def _check_references(scenario: Scenario, raw: Any) -> list[Problem]:
             if step.await_tools:
                 for k, call_id in enumerate(step.await_tools.ids or []):
                     known(call_id, (*here, "await_tools", "ids", k))
-                for call_id in step.await_tools.expect:
-                    known(call_id, (*here, "await_tools", "expect", call_id))
-                    if step.await_tools.ids is not None and call_id not in step.await_tools.ids:
-                        problem((*here, "await_tools", "expect", call_id), f"'{call_id}' is not in ids")
+                for field in ("expect", "same_as"):
+                    for call_id, value in getattr(step.await_tools, field).items():
+                        known(call_id, (*here, "await_tools", field, call_id))
+                        if step.await_tools.ids is not None and call_id not in step.await_tools.ids:
+                            problem((*here, "await_tools", field, call_id), f"'{call_id}' is not in ids")
+                        if field == "same_as":
+                            known(value, (*here, "await_tools", field, call_id))
             if step.cancel_tools:
                 for k, call_id in enumerate(step.cancel_tools):
                     known(call_id, (*here, "cancel_tools", k))

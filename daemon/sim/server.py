@@ -1,16 +1,16 @@
 """A strict local stand-in for the Gemini Live API, so the real google-genai SDK can be exercised end to end.
 
 This serves the Live WebSocket over TLS on loopback (its own CA, written to `state_dir`), refuses what the service
-would refuse (see protocol.py), keeps sessions across reconnects as the service does, and records everything:
-the transcript, utterances, tool responses, connections, and every violation of the protocol a test can fail on.
-The model's side of the conversation is the player's (player.py); the client's frames are handled in inbound.py.
+would refuse (see protocol.py, and models.py for what each model refuses), keeps sessions across reconnects as
+the service does (resumption.py), and records everything: the transcript, utterances, tool responses,
+connections, token counts, and every violation of the protocol a test can fail on. The model's side of the
+conversation is the player's (player.py); the client's frames are handled in inbound.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import itertools
 import json
 import logging
@@ -32,22 +32,25 @@ from websockets.http11 import Request, Response
 
 from .connection import Connection
 from .inbound import Inbound
+from .models import DEFAULT_MODELS, setup_refusal, tool_behaviors
 from .player import Player
 from .protocol import (
     API_VERSIONS,
     BAD_KEY,
     DEADLINE,
-    DEFAULT_MODELS,
     INVALID_ARGUMENT,
     NO_KEY,
     PATH_RE,
     SESSION_IN_USE,
+    SESSION_NOT_FOUND,
     ClientSetup,
     check_setup,
 )
-from .records import Call, ConnectionInfo, Entry, Session, ToolResponseRecord, Violation
+from .records import ConnectionInfo, Entry, Session, ToolResponseRecord, Violation
+from .resumption import Handles
 from .scenario import Scenario, load_scenario
 from .tls import make_tls_files
+from .usage import Tokens
 from .vad import Utterance
 
 log = logging.getLogger("livehome.sim.server")
@@ -104,7 +107,7 @@ class Simulator:
         self._current: Connection | None = None
         self._sessions = itertools.count(1)
         self._conn_numbers = itertools.count(1)
-        self._handles: dict[str, tuple[Session, dict[str, Call]]] = {}
+        self.handles = Handles()
         self._jsonl: TextIO | None = None
         self._t0 = time.monotonic()
         self._player = Player(self)
@@ -185,6 +188,11 @@ class Simulator:
             api_version=api_version,
             async_client_args={"ssl": ssl.create_default_context(cafile=str(self.ca_file))},
         )
+
+    @property
+    def tokens_reported(self) -> dict[int, Tokens]:
+        """Per connection number: the sums of the usageMetadata sent on its turnComplete frames (usage.py)."""
+        return {c.number: c.tokens for c in self.connections if c.tokens.turns}
 
     def entries(self, kind: str | None = None, direction: str | None = None, conn: int | None = None) -> list[Entry]:
         return [
@@ -318,12 +326,18 @@ class Simulator:
                                     "supported for bidiGenerateContent. Call ListModels to see the list of "
                                     "available models and their supported methods.")
             return False
+        refusal = setup_refusal(model, message["setup"])
+        if refusal is not None:
+            self._violation(conn.number, f"{model} does not support this setup: {refusal}")
+            await conn.refuse(1007, refusal)
+            return False
         handle = setup.handle
         if handle:
-            found = self._handles.get(handle)
+            found = self.handles.find(handle)
             if found is None:
-                self._record(conn.number, "event", "unknown_handle", handle=handle)
-                await conn.refuse(*INVALID_ARGUMENT)
+                self._record(conn.number, "event", "unknown_handle", handle=handle,
+                             forgotten=self.handles.was_forgotten(handle))
+                await conn.refuse(*SESSION_NOT_FOUND)
                 return False
             session, snapshot = found
             busy = [c for c in self._conns if c is not conn and c.session is session and c.open]
@@ -332,21 +346,20 @@ class Simulator:
                 await conn.refuse(*SESSION_IN_USE)
                 return False
             superseded = handle != session.latest_handle
-            session.calls = copy.deepcopy(snapshot)
+            session.calls = snapshot
             conn.info.resumed, conn.info.handle = True, handle
         else:
             session = Session(next(self._sessions))
             superseded = False
         conn.session = session
         conn.info.session = session.number
-        if not await conn.send("setup_complete", {"setupComplete": {}}):
+        if not await conn.send("setup_complete", {"setupComplete": {}}, binary=True):
             return False
         conn.ready = True
         self._current = conn
         if conn.info.resumed:
             self._record(conn.number, "event", "resumed", session=session.number, handle=handle,
-                         superseded=superseded, outstanding=[c.id for c in session.calls.values()
-                                                             if c.state == "outstanding"])
+                         superseded=superseded, outstanding=session.outstanding())
         log.info("connection %d: session %d%s", conn.number, session.number, " (resumed)" if conn.info.resumed
                  else "")
         self._notify()
@@ -362,6 +375,7 @@ class Simulator:
         conn.info.model = setup.model
         conn.info.setup = setup.fields
         conn.info.declared_tools = setup.declared_tools
+        conn.info.tool_behaviors = tool_behaviors(raw)
         conn.input_transcription = setup.input_transcription
         conn.output_transcription = setup.output_transcription
         conn.resumption = setup.resumption

@@ -126,15 +126,14 @@ class EnergyVad:
         return events
 
     def begin_manual(self, now: float) -> None:
-        """activityStart: everything until activityEnd is one utterance, whatever its energy."""
+        """activityStart: everything from here until activityEnd is one utterance, whatever its energy. Audio
+        sent before activityStart is not part of it (no preroll): the client has said where speech starts."""
         self.manual = True
-        self._utt = list(self._ring)[-self._frames(self.settings.preroll):] if self._ring else []
-        self._utt_offset = self._stream_s - len(self._utt) * FRAME_SECONDS
+        self._stream_s += len(self._pending) / 2 / (self.rate or 16000)
+        self._pending = b""
+        self._utt = []
+        self._utt_offset = self._stream_s
         self._first, self._last, self._silent, self._started = -1, -1, 0, now
-        for i, (_, voiced, _) in enumerate(self._utt):
-            if voiced:
-                self._first = i if self._first < 0 else self._first
-                self._last = i
         self._ring.clear()
 
     def flush(self, reason: str, now: float) -> Utterance | None:
