@@ -106,7 +106,7 @@ def parse_command(payload: bytes, verifier: Verifier | None = None) -> Command:
     if body[0] not in '{["':
         word = body.lower()
         if verifier is not None:
-            raise CommandError("unsigned: a shared secret is set, so every command must be signed JSON")
+            raise CommandError("command is unsigned; a shared secret is set, so every command must be signed JSON")
         if word in PLAIN_COMMANDS:
             return Command(word)
         if word.split(" ", 1)[0] in SPECS:
@@ -120,7 +120,7 @@ def parse_command(payload: bytes, verifier: Verifier | None = None) -> Command:
         if verifier is not None:
             data = verifier.verify(data)
     except PayloadError as exc:
-        raise CommandError(f"command refused: {exc}") from None
+        raise CommandError(str(exc) if exc.field else f"command is {exc}") from None
     if "command" not in data:
         raise CommandError(f"command: missing; expected one of {expected}")
     name = data["command"]

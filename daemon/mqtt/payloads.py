@@ -19,7 +19,12 @@ NONCES = 4096  # nonces remembered to refuse a replay within the window
 
 
 class PayloadError(ValueError):
-    """A payload refused, with a message naming why (never echoing much of it)."""
+    """A payload refused, with a message naming why (never echoing much of it). The message reads after "the
+    payload is", except for a field's own problem (`field` is set: "<field>: given twice")."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
 
 
 def _depth(text: str) -> int:
@@ -47,7 +52,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
-            raise PayloadError(f"{key}: given twice")
+            raise PayloadError("given twice", field=key)
         seen[key] = value
     return seen
 
@@ -88,12 +93,12 @@ class Verifier:
         now = time.time() if now is None else now
         sig, ts, nonce = body.get("sig"), body.get("ts"), body.get("nonce")
         if not isinstance(sig, str):
-            raise PayloadError("unsigned: a shared secret is set, so every message must be signed")
+            raise PayloadError("unsigned; a shared secret is set, so every message must be signed")
         if isinstance(ts, bool) or not isinstance(ts, int | float) or not isinstance(nonce, str) or len(nonce) > 64:
-            raise PayloadError("signed messages carry a numeric ts and a nonce")
+            raise PayloadError("signed without a numeric ts and a nonce")
         unsigned = {k: v for k, v in body.items() if k != "sig"}
         if not hmac.compare_digest(sig, _mac(self.secret, unsigned)):
-            raise PayloadError("bad signature")
+            raise PayloadError("signed with the wrong secret (bad signature)")
         if abs(now - ts) > self.window:
             raise PayloadError(f"too old or from the future ({now - ts:+.0f} s; the window is {self.window:g} s)")
         if nonce in self._seen:
