@@ -53,9 +53,11 @@ class Running:
         await eventually(pred, timeout)
 
 
-def config_text(sim: Simulator, broker: Broker, extra: str = "", conversation: str = "idle_timeout: 1s") -> str:
+def config_text(
+    sim: Simulator, broker: Broker, extra: str = "", conversation: str = "idle_timeout: 1s", gemini: str = ""
+) -> str:
     return (
-        f"gemini:\n  endpoint: {sim.url}\n  ca_file: {sim.ca_file}\n"
+        f"gemini:\n  endpoint: {sim.url}\n  ca_file: {sim.ca_file}\n{gemini}"
         f"mqtt: {{host: {broker.host}, port: {broker.port}}}\n"
         f"conversation: {{{conversation}}}\n{extra}{TOOLS}"
     )
@@ -72,13 +74,14 @@ async def running_daemon(
     extra: str = "",
     conversation: str = "idle_timeout: 1s",
     delays: dict[str, float] | None = None,
+    gemini: str = "",
 ) -> AsyncIterator[Running]:
     os.environ["GEMINI_API_KEY"] = KEY
     sim = Simulator(scenario, state_dir=tmp_path / "sim", api_key=KEY)
     await sim.start()
     try:
         path = tmp_path / "config.yaml"
-        path.write_text(config_text(sim, broker, extra, conversation))
+        path.write_text(config_text(sim, broker, extra, conversation, gemini))
         trace = Trace()
         out = str(tmp_path / output) if output and output.endswith(".wav") else output  # None: the config's
         daemon = Daemon(load(path), Options(input=input, output=out))

@@ -88,9 +88,10 @@ class Live:
                 await asyncio.sleep(0.01)
 
 
-def write_config(path: Path, sim: Simulator, broker: Broker, conversation: str, tools: str) -> Path:
+def write_config(path: Path, sim: Simulator, broker: Broker, conversation: str, tools: str, gemini: str = "") -> Path:
+    """`gemini` adds lines (indented two spaces) to the gemini section, e.g. "  model: gemini-3.1-flash-live\n"."""
     path.write_text(
-        f"gemini:\n  endpoint: {sim.url}\n  ca_file: {sim.ca_file}\n  reconnect_attempts: 3\n"
+        f"gemini:\n  endpoint: {sim.url}\n  ca_file: {sim.ca_file}\n  reconnect_attempts: 3\n{gemini}"
         f"mqtt: {{host: {broker.host}, port: {broker.port}}}\n"
         f"conversation: {{{conversation}}}\n{tools}"
     )
@@ -108,13 +109,14 @@ async def live(
     delays: dict[str, float] | None = None,
     key: str = KEY,
     tools: str = TOOLS,
+    gemini: str = "",
 ) -> AsyncIterator[Live]:
     sim = Simulator(scenario, state_dir=tmp_path / "sim", api_key=KEY, vars=vars)
     await sim.start()
     speaker = WavSink(tmp_path / "played.wav", paced=True)
     await speaker.start()
     try:
-        loaded = load(write_config(tmp_path / "config.yaml", sim, broker, conversation, tools))
+        loaded = load(write_config(tmp_path / "config.yaml", sim, broker, conversation, tools, gemini))
         lights = device(broker, "z2m/+/set", light_reply, delays)
         events: list[Event] = []
         stack = running_tools(loaded.registry, loaded.config.mqtt, events.append, connect_wait=10)
