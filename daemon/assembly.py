@@ -12,6 +12,7 @@ from typing import Any
 from .audio.inputs import InputStream, open_input
 from .audio.outputs import AudioSink, open_output
 from .config import Config
+from .credentials import SHARED_SECRET_CREDENTIAL, lookup_secret
 from .live.client import make_client
 from .live.setup import connect_config
 from .loading import Loaded
@@ -102,6 +103,12 @@ class MqttSide:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+
+
+def shared_secret(config: Config) -> bytes | None:
+    """The satellites' shared secret, when there is one: commands and claims must then be signed with it."""
+    value = lookup_secret(SHARED_SECRET_CREDENTIAL, config.assistant.shared_secret_file, "assistant.shared_secret_file")
+    return value.encode() if value else None
 
 
 def warm_client(loaded: Loaded, key: str) -> Any:

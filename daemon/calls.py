@@ -6,12 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# Tools the daemon declares and answers itself; a configured tool may not take these names.
+END_CONVERSATION = "end_conversation"
+RESERVED_TOOL_NAMES = frozenset({END_CONVERSATION})
+
 
 @dataclass(frozen=True)
 class ToolCall:
     id: str
     name: str
     args: dict[str, Any]
+    spoken: bool = True  # False: the user's last words were a text turn (MQTT, `livehome say`), not speech
 
 
 @dataclass

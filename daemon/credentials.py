@@ -135,6 +135,7 @@ def install_redacting_factory() -> None:
 # The credential names the unit files pass with LoadCredential=.
 GEMINI_API_KEY_CREDENTIAL = "gemini-api-key"
 MQTT_PASSWORD_CREDENTIAL = "mqtt-password"
+SHARED_SECRET_CREDENTIAL = "mqtt-shared-secret"
 
 
 class CredentialError(Exception):

@@ -11,13 +11,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .calls import RESERVED_TOOL_NAMES
 from .config import Config
 from .live.models import ModelProfile, profile
+from .mqtt.commands import COMMANDS
 from .schema import problems_from_validation
 from .tools.packs import Include, expand_tools
 from .tools.registry import Registry, SpecError, compile_tool
 from .tools.spec import ToolSpec
-from .yamlsrc import ConfigError, LDict, Problem, dotted, load_yaml, locate
+from .yamlsrc import ConfigError, LDict, Problem, dotted, load_yaml, locate, suggest
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ def load(path: Path) -> Loaded:
     config, specs, raw = load_config(path)
     tools: list = []
     problems, warnings = check_model(config, specs, raw)
+    problems += check_names(config, specs, raw)
     for index, spec in enumerate(specs):
         try:
             tools.append(compile_tool(spec, config.assistant.room))
@@ -54,6 +57,22 @@ def load(path: Path) -> Loaded:
     if problems:
         raise ConfigError(problems)
     return Loaded(Path(path), config, Registry(tools), tuple(warnings), raw)
+
+
+def check_names(config: Config, specs: list[ToolSpec], raw: Any) -> list[Problem]:
+    """Names that must mean one thing: a tool may not take a name the daemon answers itself, and only known
+    MQTT commands can be enabled."""
+    problems = []
+    for index, spec in enumerate(specs):
+        if spec.name in RESERVED_TOOL_NAMES:
+            file, line = locate(raw, ("tools", index, "name"))
+            problems.append(Problem(file, line, f"tools[{index}].name", f"'{spec.name}' is the daemon's own tool"))
+    for index, name in enumerate(config.assistant.commands):
+        if name not in COMMANDS:
+            file, line = locate(raw, ("assistant", "commands", index))
+            message = f"unknown command '{name}'{suggest(name, COMMANDS)}; choose from {', '.join(COMMANDS)}"
+            problems.append(Problem(file, line, f"assistant.commands[{index}]", message))
+    return problems
 
 
 def check_model(config: Config, specs: list[ToolSpec], raw: Any) -> tuple[list[Problem], list[Problem]]:
@@ -138,7 +157,12 @@ def _resolve_paths(config: Config, base: Path) -> Config:
     g, m, a, w = config.gemini, config.mqtt, config.audio, config.wake
     return config.model_copy(
         update={
-            "assistant": config.assistant.model_copy(update={"state_dir": fix(config.assistant.state_dir)}),
+            "assistant": config.assistant.model_copy(
+                update={
+                    "state_dir": fix(config.assistant.state_dir),
+                    "shared_secret_file": fix(config.assistant.shared_secret_file),
+                }
+            ),
             "gemini": g.model_copy(update={"ca_file": fix(g.ca_file), "api_key_file": fix(g.api_key_file)}),
             "mqtt": m.model_copy(
                 update={

@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import sys
+import time
 from typing import Any, TextIO
 
 from .credentials import RECORD_ATTRS, RedactingFilter, install_redacting_factory
@@ -18,6 +19,54 @@ SYSLOG_IDENTIFIER = "livehome"
 def logger(module: str) -> logging.Logger:
     """The logger for a module of the package: `daemon.live.session` logs as `livehome.live.session`."""
     return logging.getLogger(SYSLOG_IDENTIFIER + module.removeprefix("daemon"))
+
+
+MAX_LINE = 2000  # characters of one log message; a 9 MB device state must not become a 9 MB journal line
+_last_said: dict[str, tuple[float, int]] = {}
+
+
+def log_every(log: logging.Logger, key: str, seconds: float, level: int, msg: str, *args: object) -> None:
+    """Log at most once per `seconds` for `key`; the next line says how many were held back."""
+    now = time.monotonic()
+    last, held = _last_said.get(key, (-1e9, 0))
+    if now - last < seconds:
+        _last_said[key] = (last, held + 1)
+        return
+    if len(_last_said) > 1000:
+        _last_said.clear()
+    _last_said[key] = (now, 0)
+    log.log(level, msg + (f" ({held} more like it held back)" if held else ""), *args)
+
+
+class RateLimit(logging.Filter):
+    """Lets the same message through at most once per `seconds` (for a library's logger that repeats itself)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self._last: dict[str, float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key, now = str(record.msg), time.monotonic()
+        if now - self._last.get(key, -1e9) < self.seconds:
+            return False
+        if len(self._last) > 1000:
+            self._last.clear()
+        self._last[key] = now
+        return True
+
+
+class _Capped(logging.Filter):
+    """Cuts a record's message to MAX_LINE characters (after formatting its arguments)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: leave it to the handler's own error reporting
+            return True
+        if len(message) > MAX_LINE:
+            record.msg, record.args = message[:MAX_LINE] + f"… ({len(message)} characters)", None
+        return True
 
 
 # Libraries that log every frame or request at DEBUG (websockets would log each audio chunk).
@@ -82,6 +131,7 @@ def setup_logging(verbose: bool = False, *, stream: TextIO | None = None) -> log
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(ReadableFormatter())
     handler.addFilter(RedactingFilter())
+    handler.addFilter(_Capped())
     install_redacting_factory()
     handler._livehome = True  # type: ignore[attr-defined]
     root.addHandler(handler)

@@ -17,7 +17,7 @@ from .audio.devices import AudioDeviceError, find_device, list_devices
 from .audio.frames import AudioError
 from .audio.inputs import open_input
 from .audio.outputs import open_output
-from .credentials import MQTT_PASSWORD_CREDENTIAL, CredentialError, lookup_secret
+from .credentials import MQTT_PASSWORD_CREDENTIAL, SHARED_SECRET_CREDENTIAL, CredentialError, lookup_secret
 from .live.client import SetupError, api_key, make_client
 from .loading import Loaded
 from .mqtt.link import MqttLink, tls_context
@@ -60,6 +60,10 @@ def preflight(loaded: Loaded, *, input_override: str | None = None, output_overr
     m = cfg.mqtt
     found.run(("mqtt", "password_file"),
               lambda: lookup_secret(MQTT_PASSWORD_CREDENTIAL, m.password_file, "mqtt.password_file"), CredentialError)
+    a = cfg.assistant
+    found.run(("assistant", "shared_secret_file"),
+              lambda: lookup_secret(SHARED_SECRET_CREDENTIAL, a.shared_secret_file, "assistant.shared_secret_file"),
+              CredentialError)
     if m.tls.enabled:
         found.run(("mqtt", "tls"), lambda: tls_context(m), OSError, ssl.SSLError)
     wake_ok = True

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .assembly import Devices, MqttSide, Options, open_devices, warm_client
+from .assembly import Devices, MqttSide, Options, open_devices, shared_secret, warm_client
 from .audio.earcons import end_earcon, error_earcon, wake_earcon
 from .audio.frames import OUTPUT_RATE, SAMPLE_RATE, AudioError, Frame, output_seconds
 from .audio.outputs import AudioSink
@@ -91,6 +91,7 @@ class Daemon:
         self._open_mic_until = 0.0  # the mic stays open until then, whatever the speaker plays (earcon, flush tail)
         self._session_task: asyncio.Task[None] | None = None
         self._pending: Loaded | None = None
+        self._queued_start: tuple[str | None] | None = None  # a start command that came while a conversation ended
         self._stopping = asyncio.Event()
         self._last_status = ""
         self._shown: StateChanged | None = None
@@ -184,8 +185,9 @@ class Daemon:
     async def _start_mqtt(self, loaded: Loaded) -> None:
         cfg = loaded.config
         link, engine = tool_stack(loaded.registry, cfg.mqtt, self._notify, will=Presence.will(cfg))
-        presence = Presence(link, cfg, self)
-        arbiter = Arbiter(link, cfg, report=self._notify)
+        secret = shared_secret(cfg)
+        presence = Presence(link, cfg, self, secret)
+        arbiter = Arbiter(link, cfg, report=self._notify, secret=secret)
         link.add_connect_hook(self._update_status)
         task = asyncio.create_task(link.run(), name="mqtt")
         self._mqtt = MqttSide(link, engine, presence, arbiter, task)
@@ -259,6 +261,7 @@ class Daemon:
             if not won:
                 log.info("another satellite answers this %s", det.word)
                 self._set_phase(Phase.LISTENING)
+                await self._serve_queued_start()
                 return
         if self._stopping.is_set():
             return
@@ -347,6 +350,7 @@ class Daemon:
             self._set_phase(Phase.LISTENING)
             if not self._stopping.is_set():
                 log.info("back to listening for %s", ", ".join(w.name for w in self.loaded.config.wake.words))
+            await self._serve_queued_start()
             if self._pending is not None and not self._stopping.is_set():
                 await self._apply(self._pending)
 
@@ -363,13 +367,26 @@ class Daemon:
 
     # ---- what MQTT commands ask for (daemon.mqtt.commands.Controller) ----------------------------------------
 
+    async def _serve_queued_start(self) -> None:
+        if self._queued_start is not None and not self._stopping.is_set() and self.phase is Phase.LISTENING:
+            (text,), self._queued_start = self._queued_start, None
+            await self.start_conversation(text)
+
     async def start_conversation(self, text: str | None = None) -> None:
+        """A start (or a text turn) from MQTT: into the open conversation, a new one, or, while one is ending or
+        the satellites are deciding, the next one (a command is never dropped silently)."""
         if self.session is not None:
             if text:
                 self.session.send_text(text)
             return
-        if self.phase is Phase.LISTENING and not self._refuse_over_budget("command"):
-            self._open_session(trigger="command", text=text)
+        if self.phase is Phase.LISTENING:
+            if not self._refuse_over_budget("command"):
+                self._open_session(trigger="command", text=text)
+            return
+        if self._queued_start is not None:
+            raise RuntimeError("busy: a conversation is ending and another start is already waiting")
+        self._queued_start = (text,)
+        log.info("a start command waits for the conversation that is ending")
 
     async def end_conversation(self) -> None:
         if self.session is not None:

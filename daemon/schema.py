@@ -4,15 +4,25 @@ human durations, and turning a ValidationError into Problems that name file, lin
 from __future__ import annotations
 
 import re
+import unicodedata
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationError, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    PlainSerializer,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
 
 from .yamlsrc import Problem, dotted, locate, suggest
 
 _SECRETISH = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+TOPIC_MAX_BYTES = 512
 
 
 class StrictModel(BaseModel):
@@ -62,6 +72,37 @@ def model_at(root: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] | 
             if isinstance(member, type) and issubclass(member, BaseModel):
                 return member
     return None
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why a concrete topic may not be published to, or None."""
+    if not topic:
+        return "empty topic"
+    if "#" in topic or "+" in topic:
+        return f"topic '{_cut(topic)}' contains an MQTT wildcard"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in topic):
+        return f"topic {_cut(topic)!r} contains a control character"
+    if "" in topic.split("/"):
+        return f"topic '{_cut(topic)}' has an empty level (leading, trailing or double '/')"
+    if topic.startswith("$"):
+        return f"topic '{_cut(topic)}' is a broker-internal ($) topic"
+    if len(topic.encode()) > TOPIC_MAX_BYTES:
+        return f"topic is longer than {TOPIC_MAX_BYTES} bytes"
+    return None
+
+
+def _cut(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + f"…({len(text)} chars)"
+
+
+def _topic_prefix(value: str) -> str:
+    if problem := topic_problem(value):
+        raise ValueError(problem.replace("topic", "a topic prefix", 1))
+    return value
+
+
+# A prefix the daemon puts its own topics under (or Home Assistant's discovery prefix): a plain topic, no wildcard.
+TopicPrefix = Annotated[str, AfterValidator(_topic_prefix)]
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|min|h)?\s*$")

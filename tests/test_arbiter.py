@@ -137,9 +137,10 @@ async def test_a_lone_satellite_answers_without_waiting_the_window(broker: Broke
         await eventually(lambda: solo.arbiter.peers == frozenset(), what="the newcomer to go offline")
 
 
-async def test_a_satellite_that_already_answered_alone_wins_the_round(broker: Broker) -> None:
-    """`quiet` publishes no availability, so `loud` believes it is alone and answers at once; `quiet` sees
-    `loud` online, waits, and stands down to the claim that was already acted on, despite its better score."""
+async def test_a_decided_claim_is_honoured_only_when_it_has_the_best_score(broker: Broker) -> None:
+    """`quiet` publishes no availability, so `loud` believes it is alone and answers at once (decided). `quiet`
+    sees `loud` online and waits: loud's decided claim does not outrank quiet's better score, or anyone on the
+    broker could silence every satellite with `decided: true`. Against a worse score it still wins."""
     async with (
         world(broker) as w,
         satellite(broker, "loud") as loud,
@@ -148,8 +149,11 @@ async def test_a_satellite_that_already_answered_alone_wins_the_round(broker: Br
         await eventually(lambda: quiet.arbiter.peers == {"loud"}, what="quiet to see loud")
         assert loud.arbiter.peers == frozenset()
         won = await asyncio.gather(loud.arbiter.claim("alexa", 0.5), quiet.arbiter.claim("alexa", 0.9))
-        assert won == [True, False]
+        assert won == [True, True]  # loud had answered already; quiet heard it best
         assert sorted(c["decided"] for c in claims(w)) == [False, True]
+        await next_round([loud, quiet])
+        won = await asyncio.gather(loud.arbiter.claim("alexa", 0.9), quiet.arbiter.claim("alexa", 0.5))
+        assert won == [True, False]
 
 
 async def test_broker_down_means_answering_alone(broker: Broker) -> None:
@@ -204,7 +208,7 @@ async def test_bad_claims_are_ignored_with_a_warning_naming_the_field(
         assert won == [False, True]  # none of the bad claims took part
         text = "\n".join(r.getMessage() for r in caplog.records if r.name == "livehome.mqtt.arbiter")
         for field in (
-            "not JSON",
+            "not valid JSON",
             "not a JSON object",
             "id: must be",
             "score: must be",

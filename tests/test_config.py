@@ -234,7 +234,8 @@ def test_schema_validates_the_example_config_and_packs() -> None:
 def test_shipped_packs_compile_with_all_tools(tmp_path: Path) -> None:
     cfg = f"""tools:
   - include: {ROOT}/tools/zigbee2mqtt.yaml
-    vars: {{lights: {{kitchen: K}}, plugs: {{kettle: P}}, climate_sensors: {{hall: S}}, contact_sensors: {{door: D}}}}
+    vars: {{lights: {{kitchen: K}}, plugs: {{kettle: P}}, climate_sensors: {{hall: S}}, contact_sensors: {{door: D}},
+           locks: {{front door: L}}, covers: {{blinds: B}}}}
   - include: {ROOT}/tools/tasmota.yaml
     vars: {{relays: {{fan: tasmota_1}}, dimmers: {{hall: tasmota_2}}, sensors: {{attic: tasmota_3}}}}
   - include: {ROOT}/tools/shelly.yaml
@@ -242,11 +243,15 @@ def test_shipped_packs_compile_with_all_tools(tmp_path: Path) -> None:
 """
     loaded = loads(tmp_path, cfg)
     assert set(loaded.registry.tools) == {
-        "set_light", "set_plug", "read_climate", "read_contact", "set_power", "set_dimmer", "read_sensor", "set_switch"
+        "set_light", "set_plug", "read_climate", "read_contact", "set_lock", "set_cover", "set_power", "set_dimmer",
+        "read_sensor", "set_switch",
     }  # fmt: skip
     assert loaded.registry.topics == {
-        "zigbee2mqtt/K/set", "zigbee2mqtt/P/set", "cmnd/tasmota_1/POWER", "cmnd/tasmota_2/Dimmer", "shellyplus1-abc/rpc"
+        "zigbee2mqtt/K/set", "zigbee2mqtt/P/set", "zigbee2mqtt/L/set", "zigbee2mqtt/B/set", "cmnd/tasmota_1/POWER",
+        "cmnd/tasmota_2/Dimmer", "shellyplus1-abc/rpc",
     }  # fmt: skip
+    locks = [t for t in loaded.registry.tools.values() if t.spec.sensitive]
+    assert {t.name for t in locks} == {"set_lock", "set_cover"} and all(t.spec.voice_only for t in locks)
 
 
 def test_tools_cli_prints_the_wire_declarations() -> None:

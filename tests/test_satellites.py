@@ -23,7 +23,10 @@ from tests.support.mqttworld import device, world
 from tests.support.speech_files import speech, write_wav
 
 ROOT = Path(__file__).resolve().parent.parent
-SAT = "assistant: {id: kitchen-sat, room: kitchen, discovery_prefix: homeassistant}\n"
+SAT = (
+    "assistant: {id: kitchen-sat, room: kitchen, discovery_prefix: homeassistant,"
+    " commands: [start, end, mute, unmute, say]}\n"  # say (a text turn) is off unless asked for
+)
 BASE = "livehome/kitchen-sat"
 
 

@@ -171,7 +171,11 @@ def test_units_agree_with_the_daemon(unit: Unit) -> None:
     assert _settings(unit, "NotifyAccess") == ["main"]
     assert _settings(unit, "RestartPreventExitStatus") == [str(EX_CONFIG)]
     assert _settings(unit, "ExecReload") == ["/bin/kill -HUP $MAINPID"]  # service.install_signal_handlers
-    names = {credentials.GEMINI_API_KEY_CREDENTIAL, credentials.MQTT_PASSWORD_CREDENTIAL}
+    names = {
+        credentials.GEMINI_API_KEY_CREDENTIAL,
+        credentials.MQTT_PASSWORD_CREDENTIAL,
+        credentials.SHARED_SECRET_CREDENTIAL,
+    }
     assert {v.split(":", 1)[0] for v in _settings(unit, "LoadCredential")} == names
     # Each credential is optional: a SetCredential= fallback that read_credential() reads as "not set".
     assert {v.split(":", 1)[0] for v in _settings(unit, "SetCredential")} == names

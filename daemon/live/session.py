@@ -26,6 +26,7 @@ from google.genai import errors, types
 
 from ..audio.earcons import renewed_earcon
 from ..audio.frames import SAMPLE_RATE
+from ..calls import END_CONVERSATION
 from ..config import Conversation, Gemini
 from ..events import (
     Connected,
@@ -37,13 +38,14 @@ from ..events import (
     ModelCalled,
     Reconnecting,
     Renewed,
+    Transcript,
     notify_all,
 )
 from ..logs import logger
 from .client import SetupError, make_client
 from .closes import Verdict, judge
 from .models import profile
-from .setup import END_CONVERSATION, connect_config
+from .setup import connect_config
 from .toolcalls import ToolCalls, ToolPort
 from .turn import Turn
 from .uplink import SPEECH_RMS, Endpointer, Uplink, rms
@@ -181,7 +183,9 @@ class LiveSession:
         self._goodbye_done = False  # the turn that ended the conversation is complete
         self.turn = Turn(speaker, self._emit, self.log)
         self._connected = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._session: Any = None
+        self._spoken = True  # whether the user's last words were spoken (False after a text turn)
 
     # ---- what the conversation loop uses ---------------------------------------------------------------------
 
@@ -194,8 +198,10 @@ class LiveSession:
             self._last_activity = self._last_feed
 
     def send_text(self, text: str) -> None:
-        """A user turn as text (`livehome say`, an MQTT command)."""
+        """A user turn as text (`livehome say`, an MQTT command): never counts as someone speaking in the room."""
         self.input.push_text(text)
+        self._spoken = False
+        self.tools.heard(text, spoken=False)
         self._last_activity = time.monotonic()
 
     def barge_in(self) -> int:
@@ -217,6 +223,7 @@ class LiveSession:
     def stop(self, reason: str = "stopped", detail: str = "") -> None:
         """End the conversation (a shutdown, an MQTT command, barge-in policy); tool calls are settled first."""
         self._stop = _Outcome("end", reason, detail)
+        self._stopped.set()  # a connect or a backoff in progress gives up now: SIGTERM must end within 5 s
         if self._outcome is not None and not self._outcome.done():
             self._outcome.set_exception(self._stop)
 
@@ -299,7 +306,8 @@ class LiveSession:
             delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.8 + 0.4 * random.random())
             self.log.warning("Gemini Live: %s; reconnecting in %.1fs (attempt %d)", verdict.detail, delay, attempt)
             self._emit(Reconnecting(verdict.detail, attempt))
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay)  # a stop() ends the wait at once
         if self.tools.outstanding:  # no socket left to answer on: finish or cancel (with undo) what is running
             await self.tools.settle(self.conversation.settle_timeout)
         self.tools.ready_responses()  # nobody to deliver them to any more
@@ -326,9 +334,23 @@ class LiveSession:
         self._emit(Connecting(resumed))
         config = connect_config(self.gemini, self.declarations, self.handle)
         connect = client.aio.live.connect(model=self.gemini.model, config=config)
+        opening = asyncio.ensure_future(connect.__aenter__())
+        stopped = asyncio.ensure_future(self._stopped.wait())
         try:
-            async with asyncio.timeout(self.gemini.connect_timeout + 5):  # the SDK waits forever for setupComplete
-                session = await connect.__aenter__()
+            # The SDK waits forever for setupComplete: bounded here, and a stop() does not wait for it.
+            await asyncio.wait({opening, stopped}, timeout=self.gemini.connect_timeout + 5,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+        if not opening.done():
+            opening.cancel()
+            with contextlib.suppress(BaseException):
+                await opening
+            if self._stop is not None:
+                return self._stop
+            raise TimeoutError(f"no setupComplete within {self.gemini.connect_timeout + 5:g}s")
+        try:
+            session = opening.result()
         except errors.APIError as exc:
             raise _SetupRefused(exc) from exc
         try:
@@ -520,7 +542,7 @@ class LiveSession:
         if name == END_CONVERSATION:
             self._end_conversation(call.id, args)
             return
-        self.calls.call(call.id, name, args)
+        self.calls.call(call.id, name, args, spoken=self._spoken)
 
     def _end_conversation(self, call_id: str, args: dict[str, Any]) -> None:
         """Answered here, not by the tool layer; the session ends once that turn is complete and the goodbye has
@@ -533,6 +555,9 @@ class LiveSession:
             self.calls.answer_now(self._session, call_id, END_CONVERSATION, args, {"ok": True})
 
     def _emit(self, event: Event) -> None:
+        if isinstance(event, Transcript) and event.who == "user":  # the user spoke: their words, as heard
+            self._spoken = True
+            self.tools.heard(event.text, spoken=True)
         if self.observer is not None:
             notify_all([self.observer], event, log)
 

@@ -14,10 +14,9 @@ from typing import Any
 from google import genai
 from google.genai import _common, _live_converters, types
 
+from ..calls import END_CONVERSATION
 from ..config import Gemini
 from .models import ModelProfile, profile
-
-END_CONVERSATION = "end_conversation"
 
 _TYPES = {
     "string": types.Type.STRING,

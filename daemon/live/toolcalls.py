@@ -25,6 +25,7 @@ class ToolPort(Protocol):
     """What the session needs from the tool layer (daemon.tools.engine.Engine)."""
 
     def submit(self, call: ToolCall) -> bool: ...
+    def heard(self, text: str, spoken: bool) -> None: ...
     def adopt(self, call: ToolCall, earlier: ToolResponse) -> None: ...
     async def next_response(self) -> ToolResponse: ...
     def requeue(self, response: ToolResponse) -> None: ...
@@ -66,7 +67,7 @@ class ToolCalls:
                 ", ".join(f"{c.name} {c.id}" for c in lost),
             )
 
-    def call(self, call_id: str, name: str, args: dict[str, Any]) -> None:
+    def call(self, call_id: str, name: str, args: dict[str, Any], spoken: bool = True) -> None:
         self.count += 1
         fields = {"TOOL": name, "CALL_ID": call_id}
         reuse = self.ledger.issued(call_id, name, args)
@@ -85,7 +86,7 @@ class ToolCalls:
             if reuse.result is not None:
                 self._reuse(reuse)
             return
-        fresh = self.port.submit(ToolCall(call_id, name, args))
+        fresh = self.port.submit(ToolCall(call_id, name, args, spoken))
         self.log.debug(
             "tool call %s %s %s%s",
             name,

@@ -10,10 +10,14 @@ everyone sees the same rounds and reaches the same verdict independently:
 - the best score in the round wins, ties going to the lowest assistant id (then nonce);
 - a claim arriving within one more window after the round closed is late: that round's winner already
   answers, so a late claim loses whatever its score (a slow detection of the same utterance);
-- a satellite that knows of no other satellite online (their retained availability topics) does not wait:
-  its claim says `decided` and wins any round it is in, because it has already answered.
+- a satellite that knows of no other satellite online (their retained availability topics) does not wait: it
+  answers at once, and its claim says `decided`. That claim is an ordinary claim for everyone else: it only
+  makes them stand down if it also has the best score. A `decided` flag that always won would let anyone on
+  the broker silence every satellite.
 
-Without the broker a satellite decides alone and answers: a deaf assistant is worse than two answering.
+Only claims from satellites that announced themselves online count, only for this satellite's own wake words
+(so a flood of claims costs bounded memory), and with a shared secret only signed, fresh ones. Without the
+broker a satellite decides alone and answers: a deaf assistant is worse than two answering.
 """
 
 from __future__ import annotations
@@ -32,11 +36,14 @@ from ..config import Config
 from ..events import Emit, StoodDown, notify_all
 from ..logs import logger
 from .link import BrokerUnavailable, DeliveryUnknown, Message, MqttLink
+from .payloads import Verifier, parse_json, sign
 from .topics import ONLINE, arbitration_topic, availability_filter
 
 log = logger(__name__)
 
 MAX_ROUND = 64  # claims kept per round; a flood cannot grow memory
+MAX_PEERS = 256
+MAX_CLAIM_BYTES = 1024
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
@@ -51,15 +58,20 @@ class Claim:
     arrived: float  # time.monotonic() when it reached this satellite
 
 
-def parse_claim(payload: bytes, arrived: float) -> Claim:
-    """A claim from the wire, or ValueError naming the field at fault."""
+def parse_claim(payload: bytes, arrived: float, verifier: Verifier | None = None) -> Claim:
+    """A claim from the wire, or ValueError naming the field at fault (or the signature)."""
+    if len(payload) > MAX_CLAIM_BYTES:
+        raise ValueError(f"{len(payload)} bytes; a claim is at most {MAX_CLAIM_BYTES}")
     try:
-        data = json.loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"not JSON ({exc})") from None
+        data = parse_json(payload.decode("utf-8"), max_depth=1)
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8 text") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")
-    sid, word, score, nonce = data.get("id"), data.get("word"), data.get("score"), data.get("nonce")
+    nonce = data.get("nonce")
+    if verifier is not None:
+        data = verifier.verify(data)
+    sid, word, score = data.get("id"), data.get("word"), data.get("score")
     window, decided = data.get("window"), data.get("decided", False)
     if not isinstance(sid, str) or not _ID.match(sid):
         raise ValueError(f"id: must be an assistant id, not {sid!r}")
@@ -88,19 +100,20 @@ class Round:
         return self.opened + self.window
 
     def winner(self) -> Claim:
-        decided = [c for c in self.members if c.decided]
-        if decided:
-            return decided[0]
         return min(self.members, key=lambda c: (-c.score, c.id, c.nonce))
 
 
 class Arbiter:
     """Arbiter(link, config).claim(word, score) → whether this satellite answers."""
 
-    def __init__(self, link: MqttLink, config: Config, report: Emit | None = None) -> None:
+    def __init__(
+        self, link: MqttLink, config: Config, report: Emit | None = None, secret: bytes | None = None
+    ) -> None:
         self.link = link
         self.config = config
         self.report = report
+        self.secret = secret
+        self.verifier = Verifier(secret) if secret else None
         self.topic = arbitration_topic(config)
         self._peers: set[str] = set()
         self._rounds: dict[str, Round] = {}
@@ -147,16 +160,16 @@ class Arbiter:
             log.info("MQTT broker unreachable: answering %s without asking the other satellites", word)
             return True
         window = float(settings.window)
-        nonce = secrets.token_hex(8)
         alone = not self._peers
-        body = {
+        body: dict[str, Any] = {
             "id": self.me,
             "word": word,
             "score": round(float(score), 4),
-            "nonce": nonce,
             "window": window,
             "decided": alone,
         }
+        body = sign(body, self.secret) if self.secret else {**body, "nonce": secrets.token_hex(8)}
+        nonce = body["nonce"]
         payload = json.dumps(body).encode()
         self._own_nonces.append(nonce)
         if alone:  # still told, so a satellite that sees us but that we do not see yet stands down
@@ -197,9 +210,15 @@ class Arbiter:
 
     def _on_claim(self, msg: Message) -> None:
         try:
-            claim = parse_claim(msg.payload, msg.received)
+            claim = parse_claim(msg.payload, msg.received, self.verifier)
         except ValueError as exc:
-            self._warn_once(f"bad:{exc}", "ignoring a bad arbitration claim on %s: %s", msg.topic, exc)
+            self._warn_once(f"bad:{str(exc)[:40]}", "ignoring a bad arbitration claim on %s: %s", msg.topic, exc)
+            return
+        if claim.word not in {w.name for w in self.config.wake.words}:
+            return  # not a word this satellite listens for: no round of ours
+        if claim.id != self.me and claim.id not in self._peers:
+            self._warn_once(f"stranger:{claim.id}", "ignoring a claim from %s, which never announced itself online",
+                            claim.id)
             return
         if claim.id == self.me and claim.nonce not in self._own_nonces:
             self._warn_once(
@@ -229,7 +248,8 @@ class Arbiter:
         if sid == self.me or not _ID.match(sid):
             return
         if msg.payload.strip() == ONLINE.encode():
-            self._peers.add(sid)
+            if len(self._peers) < MAX_PEERS:
+                self._peers.add(sid)
         else:
             self._peers.discard(sid)
 

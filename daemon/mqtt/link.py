@@ -24,11 +24,16 @@ import aiomqtt
 
 from ..config import Mqtt
 from ..credentials import MQTT_PASSWORD_CREDENTIAL, CredentialError, lookup_secret
-from ..logs import logger
+from ..logs import RateLimit, logger
 
 log = logger(__name__)
+_client_log = logger(__name__ + ".client")  # aiomqtt's own warnings ("Message queue is full"), at most once a minute
+_client_log.addFilter(RateLimit(60.0))
 
 SUBSCRIBE_BATCH = 100
+# Messages waiting to be handled: a flood from anyone on the broker is dropped past this, never buffered.
+MAX_QUEUED_MESSAGES = 1024
+MAX_MESSAGE_BYTES = 64 * 1024  # a device state bigger than this is kept cut: a 9 MB retained state costs 64 KiB
 
 
 class BrokerUnavailable(Exception):
@@ -42,15 +47,20 @@ class DeliveryUnknown(Exception):
 @dataclass
 class Message:
     topic: str
-    payload: bytes
+    payload: bytes  # at most MAX_MESSAGE_BYTES of it: a bigger one is kept cut, never parsed
     retain: bool
     received: float = field(default_factory=time.monotonic)
+    size: int = -1  # the size it arrived with
     _parsed: Any = field(default=None, repr=False)
     _tried: bool = field(default=False, repr=False)
 
+    @property
+    def truncated(self) -> bool:
+        return self.size > len(self.payload)
+
     def json(self) -> Any:
-        """The payload as JSON, or None when it is not JSON (Tasmota's plain ON/OFF)."""
-        if not self._tried:
+        """The payload as JSON, or None when it is not JSON (Tasmota's plain ON/OFF) or was cut."""
+        if not self._tried and not self.truncated:
             self._tried = True
             with contextlib.suppress(ValueError, UnicodeDecodeError):
                 self._parsed = json.loads(self.payload)
@@ -265,6 +275,8 @@ class MqttLink:
             clean_session=True,
             timeout=s.publish_timeout,
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            max_queued_incoming_messages=MAX_QUEUED_MESSAGES,
+            logger=_client_log,
         )
         async with client:
             self._client = client
@@ -295,7 +307,7 @@ class MqttLink:
 
     def _dispatch(self, raw: aiomqtt.Message) -> None:
         payload = raw.payload if isinstance(raw.payload, bytes | bytearray) else str(raw.payload or "").encode()
-        msg = Message(str(raw.topic), bytes(payload), bool(raw.retain))
+        msg = Message(str(raw.topic), bytes(payload[:MAX_MESSAGE_BYTES]), bool(raw.retain), size=len(payload))
         if msg.topic == self._fence:
             self._settled.set()
             return

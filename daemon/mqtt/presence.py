@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,10 +35,11 @@ from ..events import (
     ToolFinished,
     WakeHeard,
 )
-from ..logs import logger
+from ..logs import log_every, logger
 from .commands import Command, CommandError, Controller, parse_command
 from .discovery import discovery
 from .link import BrokerUnavailable, DeliveryUnknown, Message, MqttLink, Will
+from .payloads import Verifier
 from .topics import EVENT_TYPES, OFFLINE, ONLINE, Topics
 
 log = logger(__name__)
@@ -68,10 +70,11 @@ class Presence:
     """This satellite's face on MQTT: it publishes what the daemon reports (`notify`, an events.Observer) and
     hands the commands it receives to the controller, one at a time."""
 
-    def __init__(self, link: MqttLink, config: Config, controller: Controller) -> None:
+    def __init__(self, link: MqttLink, config: Config, controller: Controller, secret: bytes | None = None) -> None:
         self.link = link
         self.config = config
         self.controller = controller
+        self.verifier = Verifier(secret) if secret else None  # a shared secret: only signed commands count
         self.topics = Topics.of(config)
         self._state = "idle"
         self._since = _now()
@@ -84,7 +87,6 @@ class Presence:
         self._tasks: set[asyncio.Task[None]] = set()
         self._running = False
         self._down_logged = False
-        self._full_logged = False
         self._birth_topics: set[str] = set()
         self._attached = False  # subscriptions and the connect hook outlive a stop(): registered once
         self._clearing = 0
@@ -261,9 +263,12 @@ class Presence:
             self._clearing -= 1
             return
         try:
-            command = parse_command(msg.payload)
+            command = parse_command(msg.payload, self.verifier)
         except CommandError as exc:
             self._reject(str(exc), exc.command)
+            return
+        if command.name not in self.config.assistant.commands:
+            self._reject(f"{command.name} is not enabled here (assistant.commands)", command.name)
             return
         try:
             self._commands.put_nowait(command)
@@ -271,7 +276,8 @@ class Presence:
             self._reject(f"busy: {COMMAND_BACKLOG} commands are already waiting", command.name)
 
     def _reject(self, message: str, command: str | None) -> None:
-        log.warning("MQTT command on %s rejected: %s", self.topics.command, message)
+        log_every(log, f"reject:{message[:40]}", 10.0, logging.WARNING, "MQTT command on %s rejected: %s",
+                  self.topics.command, message)
         self.event("command_rejected", message=message, **({"command": command} if command else {}))
 
     async def _executor(self) -> None:
@@ -376,9 +382,8 @@ class Presence:
             self._dropped(f"MQTT broker {self.link.where} unreachable")
             return
         if self._outbox.qsize() >= PUBLISH_BACKLOG:
-            if not self._full_logged:
-                self._full_logged = True
-                log.warning("presence updates are dropped: %d are waiting for the broker", PUBLISH_BACKLOG)
+            log_every(log, "presence-full", 60.0, logging.WARNING,
+                      "presence updates are dropped: %d are waiting for the broker", PUBLISH_BACKLOG)
             return
         self._outbox.put_nowait(_Out(topic, payload, retain, self.link.connects))
 
@@ -395,7 +400,6 @@ class Presence:
                     self._dropped("the connection they were meant for was lost")
                     continue
                 await self.link.publish(out.topic, out.payload, qos=1, retain=out.retain)
-                self._full_logged = False
             except (BrokerUnavailable, DeliveryUnknown) as exc:
                 self._dropped(str(exc))
             except asyncio.CancelledError:

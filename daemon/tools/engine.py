@@ -23,6 +23,7 @@ from ..logs import logger
 from ..mqtt.link import BrokerUnavailable, DeliveryUnknown
 from ..yamlsrc import suggest
 from . import template as tpl
+from .authority import Authority, Refusal
 from .registry import ArgumentError, Registry, RenderedPublish, Tool
 from .spec import SchedulingSpec
 
@@ -52,9 +53,10 @@ class Link(Protocol):
 
 
 class _Failed(Exception):
-    def __init__(self, message: str, outcome: str = "error") -> None:
+    def __init__(self, message: str, outcome: str = "error", status: str | None = None) -> None:
         super().__init__(message)
         self.outcome = outcome
+        self.status = status or ("unconfirmed" if outcome == "timeout" else "error")
 
 
 @dataclass
@@ -82,6 +84,7 @@ class Engine:
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._names: dict[str, str] = {}  # names of calls being cancelled, for their events
         self._late_cancels: set[str] = set()
+        self.authority = Authority()
 
     # ---- the interface the live layer uses -------------------------------------------------------------------
 
@@ -97,6 +100,10 @@ class Engine:
         c.task = asyncio.get_running_loop().create_task(self._run(c), name=f"tool-{call.id}")
         self._emit(ToolStarted(call.id, call.name, call.args))
         return True
+
+    def heard(self, text: str, spoken: bool) -> None:
+        """What the user said, and whether it was spoken (sensitive tools need a spoken yes)."""
+        self.authority.heard(text, spoken)
 
     def adopt(self, call: ToolCall, earlier: ToolResponse) -> None:
         """Answer `call` with a result another call already produced, without running anything: the service
@@ -225,8 +232,7 @@ class Engine:
         try:
             result, outcome = await self._steps(c, timings), "success"
         except _Failed as failure:
-            status = "unconfirmed" if failure.outcome == "timeout" else "error"
-            result, outcome = {"ok": False, "status": status, "error": str(failure)}, failure.outcome
+            result, outcome = {"ok": False, "status": failure.status, "error": str(failure)}, failure.outcome
         timings["total"] = time.monotonic() - c.started
         tool = self.registry.get(c.call.name)
         scheduling = None
@@ -243,6 +249,10 @@ class Engine:
             c.args = tool.check_args(c.call.args)
         except ArgumentError as exc:
             raise _Failed(f"invalid arguments, nothing was done: {exc}") from None
+        try:
+            self.authority.check(tool.spec, c.call)
+        except Refusal as refusal:
+            raise _Failed(str(refusal), status=refusal.status) from None
         if tool.read_topic is not None:
             if self.link.connected:  # right after a (re)connect the retained readings are on their way
                 await self.link.wait_settled(SETTLE_WAIT)
@@ -308,13 +318,18 @@ class Engine:
             state = "connected" if self.link.connected else f"not connected: {self.link.last_error}"
             raise _Failed(f"no reading from the device yet (MQTT {state})")
         value = msg.value()
+        if msg.truncated:
+            value = value[:1024]
         if spec.fields:
             picked = {name: _path(value, path) for name, path in spec.fields.items()}
             if all(v is None for v in picked.values()):
                 raise _Failed(f"the last report has none of the fields {', '.join(spec.fields.values())}")
             value = picked
         age = round(time.monotonic() - msg.received, 1)
+        value, cut = device_data(value)
         result: dict[str, Any] = {"ok": True, "status": "read", "value": value, "age_seconds": age}
+        if cut or msg.truncated:
+            result["truncated"] = True  # the device said more than the model is given
         if msg.retain:
             result["retained"] = True  # the broker's stored copy: its true age is unknown
         if spec.max_age is not None and age > spec.max_age:
@@ -428,4 +443,33 @@ def _short_json(value: Any) -> str:
 def _trim_state(state: Any, expect: Any) -> Any:
     if isinstance(state, dict) and len(json.dumps(state)) > STATE_INLINE_BYTES and isinstance(expect, dict):
         return {k: state[k] for k in expect if k in state}
-    return state
+    return device_data(state)[0]
+
+
+MAX_FIELDS = 32
+MAX_STRING = 256
+MAX_DEPTH = 4
+MAX_DATA_BYTES = 4096
+
+
+def device_data(value: Any, depth: int = 0) -> tuple[Any, bool]:
+    """A device's report as the model gets it: bounded in depth, fields, items and string length (anyone who can
+    publish a state can put text there, "ignore previous instructions" included). Returns (value, was_cut)."""
+    cut = False
+    if isinstance(value, str):
+        return (value, False) if len(value) <= MAX_STRING else (value[:MAX_STRING] + "…", True)
+    if isinstance(value, dict | list):
+        if depth >= MAX_DEPTH:
+            return "…", True
+        items = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+        if len(items) > MAX_FIELDS:
+            items, cut = items[:MAX_FIELDS], True
+        out = []
+        for key, item in items:
+            bounded, item_cut = device_data(item, depth + 1)
+            cut |= item_cut
+            out.append((str(key)[:MAX_STRING] if isinstance(value, dict) else key, bounded))
+        value = dict(out) if isinstance(value, dict) else [v for _, v in out]
+        if depth == 0 and len(json.dumps(value, ensure_ascii=False, default=str)) > MAX_DATA_BYTES:
+            return json.dumps(value, ensure_ascii=False, default=str)[:MAX_DATA_BYTES] + "…", True
+    return value, cut

@@ -14,11 +14,11 @@ from typing import Any
 
 import jsonschema
 
+from ..schema import topic_problem
 from ..yamlsrc import suggest
 from . import template as tpl
 from .spec import STRING_MAX_LENGTH, Param, Publish, ToolSpec
 
-TOPIC_MAX_BYTES = 512
 MAX_TOPIC_COMBINATIONS = 10_000
 
 
@@ -36,23 +36,6 @@ class ArgumentError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("; ".join(problems))
-
-
-def topic_problem(topic: str) -> str | None:
-    """Why a concrete topic may not be published to, or None."""
-    if not topic:
-        return "empty topic"
-    if "#" in topic or "+" in topic:
-        return f"topic '{_short(topic)}' contains an MQTT wildcard"
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in topic):
-        return f"topic {_short(topic)!r} contains a control character"
-    if "" in topic.split("/"):
-        return f"topic '{_short(topic)}' has an empty level (leading, trailing or double '/')"
-    if topic.startswith("$"):
-        return f"topic '{_short(topic)}' is a broker-internal ($) topic"
-    if len(topic.encode()) > TOPIC_MAX_BYTES:
-        return f"topic is longer than {TOPIC_MAX_BYTES} bytes"
-    return None
 
 
 def _short(text: str, limit: int = 60) -> str:

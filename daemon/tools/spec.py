@@ -164,6 +164,10 @@ class ToolSpec(StrictModel):
         default=None, description="BLOCKING: the model waits for the answer; default: the model's own (see README)"
     )
     scheduling: SchedulingSpec | None = Field(default=None, description="how a NON_BLOCKING answer is delivered")
+    voice_only: bool = Field(default=False, description="a text turn (an MQTT say, livehome say) can never call it")
+    sensitive: bool = Field(
+        default=False, description="runs only after the user says yes out loud (voice_only too): locks, alarms, doors"
+    )
     publish: list[Publish] | None = Field(default=None, description="one publish or a list, sent in order")
     confirm: Confirm | None = None
     read: Read | None = None

@@ -74,6 +74,7 @@ def satellite_config(host: str, port: int, sid: str, client_id: str | None = Non
             # Each satellite needs its own client id, or the broker drops one connection for the other.
             "mqtt": {"host": host, "port": port, "client_id": client_id or f"livehome-{sid}", "reconnect_max": "0.3s"},
             "assistant": {"id": sid, **assistant},
+            "wake": {"words": ["hey_jarvis", "alexa"]},  # a satellite only takes part in rounds for its own words
         }
     )
 
@@ -99,6 +100,7 @@ async def satellite(
     port: int | None = None,
     presence: bool = True,
     client_id: str | None = None,
+    secret: bytes | None = None,
     **assistant: Any,
 ) -> AsyncIterator[Satellite]:
     """A connected satellite (through `port` instead of the broker's, e.g. a Relay); with presence=False it
@@ -106,9 +108,9 @@ async def satellite(
     config = satellite_config(broker.host, port or broker.port, sid, client_id, **assistant)
     link = MqttLink(config.mqtt, will=Presence.will(config) if presence else None)
     controller = RecordingController()
-    pres = Presence(link, config, controller)
+    pres = Presence(link, config, controller, secret)
     controller.presence = pres
-    arbiter = Arbiter(link, config, report=pres.notify)
+    arbiter = Arbiter(link, config, report=pres.notify, secret=secret)
     if presence:
         await pres.start()
     await arbiter.start()
@@ -178,17 +180,31 @@ class Relay:
             await self._server.wait_closed()
 
 
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
 async def _main(host: str, port: int, sid: str) -> None:
+    """A satellite with presence and arbitration. On stdin, `rss` is answered with its RSS in KiB, `calls` with
+    how many commands reached its controller."""
     config = satellite_config(host, port, sid)
     link = MqttLink(config.mqtt, will=Presence.will(config))
-    presence = Presence(link, config, RecordingController())
+    controller = RecordingController()
+    presence = Presence(link, config, controller)
+    arbiter = Arbiter(link, config, report=presence.notify)
     await presence.start()
+    await arbiter.start()
     task = asyncio.create_task(link.run())
     if not await link.wait_connected(10):
         sys.exit("no broker")
     await presence.flush(10)
     print("ready", flush=True)
-    await task
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        print(len(controller.calls) if line.strip() == b"calls" else _rss_kib(), flush=True)
+    await task  # stdin closed: keep running until killed
 
 
 if __name__ == "__main__":
