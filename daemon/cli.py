@@ -68,6 +68,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EX_UNAVAILABLE if trouble else 0
 
 
+def cmd_acl(args: argparse.Namespace) -> int:
+    from .acl import acl_lines
+
+    print("\n".join(acl_lines(_load_or_exit(args.config))))
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     print(json_schema())
     return 0
@@ -270,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", cmd_check, "everything start-up checks, all problems at once (exit 78 when invalid)")
     p.add_argument("--online", action="store_true", help="also probe the broker, the Live endpoint and state topics")
     command("schema", cmd_schema, "print the config's JSON Schema (for editor completion)")
+    command("acl", cmd_acl, "print mosquitto ACL lines giving this satellite only the topics it uses")
     command("tools", cmd_tools, "print the function declarations exactly as sent to Gemini")
     command("devices", cmd_devices, "list the sound devices (for audio.input.device / audio.output.device)")
     p = command("wake-test", cmd_wake_test, "run a WAV file through the wake word: detections, scores, times")

@@ -18,6 +18,7 @@ TOP = (
     "daemon.runtime",
     "daemon.assembly",
     "daemon.preflight",
+    "daemon.acl",
     "daemon.say",
     "daemon.trace",
     "daemon.sim",

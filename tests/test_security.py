@@ -14,13 +14,18 @@ import threading
 import time
 from pathlib import Path
 
+import aiomqtt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemon.config import EX_CONFIG
+from daemon.loading import load
 from daemon.mqtt.commands import Command, CommandError, parse_command
 from daemon.mqtt.payloads import sign
+from daemon.runtime import Daemon, Options
+from daemon.sim.broker import free_port
+from daemon.sim.server import Simulator
 from tests.support.broker import Broker
 from tests.support.daemonproc import child_env, daemon_process
 from tests.support.daemonrig import running_daemon
@@ -393,3 +398,108 @@ def test_any_command_payload_is_a_command_or_one_clear_refusal(payload: bytes) -
         assert str(exc) and len(str(exc)) < 400
     else:
         assert isinstance(command, Command) and command.name
+
+
+async def test_the_generated_acl_gives_the_satellite_what_it_uses_and_intruders_nothing(tmp_path: Path) -> None:
+    passwd = tmp_path / "passwd"
+    for i, user in enumerate(("kitchen", "ha", "light", "watcher", "intruder")):
+        flags = ["-b", "-c"] if i == 0 else ["-b"]
+        await asyncio.to_thread(subprocess.run, ["mosquitto_passwd", *flags, str(passwd), user, f"pw-{user}"],
+                                check=True)
+    (tmp_path / "kitchen-password").write_text("pw-kitchen")
+    scenario = tmp_path / "light.yaml"
+    scenario.write_text(LIGHT_BY_TEXT)
+    acl = tmp_path / "acl"
+    async with Simulator(scenario, state_dir=tmp_path / "sim", api_key=KEY_ENV["GEMINI_API_KEY"]) as sim:
+        port = free_port()
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            f"gemini: {{endpoint: {sim.url}, ca_file: {sim.ca_file}}}\n"
+            f"mqtt: {{host: 127.0.0.1, port: {port}, username: kitchen, password_file: kitchen-password}}\n"
+            "assistant: {id: kitchen, discovery_prefix: homeassistant, commands: [start, say]}\n"
+            "conversation: {idle_timeout: 1s}\n" + TOOLS
+        )
+        generated = (await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "daemon", "acl", "--config", str(config)], cwd=ROOT,
+            capture_output=True, text=True, check=True)).stdout  # fmt: skip
+        acl.write_text(generated + "\nuser ha\ntopic write livehome/+/command\ntopic read livehome/#\n"
+                       "user light\ntopic readwrite z2m/#\nuser watcher\ntopic read #\n")
+        extra = f"allow_anonymous false\npassword_file {passwd}\nacl_file {acl}\n"
+        broker = Broker(tmp_path, port=port, extra_conf=extra).start()
+        try:
+            os.environ.update(KEY_ENV)
+            daemon = Daemon(load(config), Options(input=str(silent_wav(tmp_path, 12.0)), output="none"))
+            running = asyncio.create_task(daemon.run())
+            try:
+                await acl_round_trip(broker, daemon)
+            finally:
+                daemon.stop()
+                await asyncio.wait_for(running, 30)
+                os.environ.pop("GEMINI_API_KEY", None)
+        finally:
+            broker.stop()
+    sim.assert_clean()
+
+
+LIGHT_BY_TEXT = """
+description: the kitchen light, asked for by a text turn
+turns:
+  - on: {text: turn on the kitchen light}
+    steps:
+      - tool_call: {id: light-1, name: set_light, args: {room: kitchen, state: "ON"}}
+      - await_tools: {ids: [light-1], expect: {light-1: {status: confirmed}}}
+      - say: Done.
+      - turn_complete
+"""
+
+
+def silent_wav(tmp_path: Path, seconds: float) -> Path:
+    path = tmp_path / "silence.wav"
+    write_wav(path, bytes(2 * int(16000 * seconds)))
+    return path
+
+
+async def acl_round_trip(broker: Broker, daemon: Daemon) -> None:
+    def client(user: str) -> aiomqtt.Client:
+        return aiomqtt.Client(broker.host, broker.port, username=user, password=f"pw-{user}", identifier=user)
+
+    async with client("watcher") as watcher, client("light") as light, client("ha") as ha, client("intruder") as bad:
+        await watcher.subscribe("#", qos=1)
+        await light.subscribe("z2m/+/set", qos=1)
+        seen: list[tuple[str, bytes]] = []
+
+        async def watch() -> None:
+            async for m in watcher.messages:
+                seen.append((str(m.topic), bytes(m.payload)))  # type: ignore[arg-type]
+
+        async def device() -> None:
+            async for m in light.messages:
+                state = json.loads(m.payload)  # type: ignore[arg-type]
+                await light.publish(str(m.topic).removesuffix("/set"), json.dumps(state), qos=1)
+
+        tasks = [asyncio.create_task(watch()), asyncio.create_task(device())]
+        try:
+            await wait_until(lambda: ("livehome/kitchen/availability", b"online") in seen)
+            await bad.publish("livehome/kitchen/command", '{"command": "start"}', qos=1)  # denied by the broker
+            await bad.publish("z2m/kitchen_ceiling/set", '{"state": "OFF"}', qos=1)  # so is this
+            say = {"command": "say", "text": "turn on the kitchen light"}
+            await ha.publish("livehome/kitchen/command", json.dumps(say), qos=1)
+            await wait_until(lambda: ("z2m/kitchen_ceiling", b'{"state": "ON"}') in seen, 30)
+            await wait_until(lambda: daemon.sessions == 1 and daemon.session is None, 30)
+            # The intruder published first; the watcher may read everything, and saw none of it.
+            assert ("livehome/kitchen/command", json.dumps(say).encode()) in seen
+            assert ("livehome/kitchen/command", b'{"command": "start"}') not in seen
+            assert ("z2m/kitchen_ceiling/set", b'{"state": "OFF"}') not in seen
+            assert [p for t, p in seen if t == "z2m/kitchen_ceiling/set"] == [b'{"state":"ON"}']
+            assert any(t.startswith("homeassistant/") for t, _ in seen)  # discovery was allowed
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.05)
