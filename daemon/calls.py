@@ -8,7 +8,8 @@ from typing import Any
 
 # Tools the daemon declares and answers itself; a configured tool may not take these names.
 END_CONVERSATION = "end_conversation"
-RESERVED_TOOL_NAMES = frozenset({END_CONVERSATION})
+BUILTIN_TOOLS = ("set_timer", "list_timers", "cancel_timer", "set_volume")  # daemon.builtins
+RESERVED_TOOL_NAMES = frozenset({END_CONVERSATION, *BUILTIN_TOOLS})
 
 
 @dataclass(frozen=True)

@@ -177,6 +177,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 transcript_file=args.transcript,
                 vars=overrides,
                 models=[*DEFAULT_MODELS, *args.model],
+                loop=args.loop,
             )
         )
     except ConfigError as exc:
@@ -187,9 +188,23 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runtime import Options, run
+    """`livehome run`: exit 78 on a config that cannot work (every problem at once, as `check` shows them), 0 on
+    a clean stop."""
+    from .preflight import preflight
+    from .runtime import Daemon, Options
 
-    return run(args.config, Options(input=args.input, output=args.output))
+    try:
+        loaded = load(args.config)
+    except ConfigError as exc:
+        log.error("invalid configuration %s:\n  %s", args.config, "\n  ".join(str(p) for p in exc.problems))
+        return EX_CONFIG
+    for warning in loaded.warnings:
+        log.warning("%s", warning)
+    problems = preflight(loaded, input_override=args.input, output_override=args.output, load_models=False)
+    if problems:
+        log.error("cannot start with %s:\n  %s", args.config, "\n  ".join(str(p) for p in problems))
+        return EX_CONFIG
+    return asyncio.run(Daemon(loaded, Options(input=args.input, output=args.output)).run())
 
 
 def cmd_devices(args: argparse.Namespace) -> int:
@@ -246,6 +261,8 @@ def version() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .sim.scenario import packaged_scenarios
+
     # Global options are declared on both the main parser and each subcommand; a subcommand's copy has no
     # default, so a value given before the subcommand survives.
     def global_options(p: argparse.ArgumentParser, defaults: bool) -> None:
@@ -294,8 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("simulate", cmd_simulate, "run the local Gemini Live simulator on a scenario")
     p.add_argument(
         "scenario",
-        help="a packaged scenario (lights_on, slow_tool_barge_in, goaway_mid_turn, "
-        "drop_and_resume, parallel_calls, server_error) or a scenario YAML file",
+        help=f"a packaged scenario ({', '.join(packaged_scenarios())}) or a scenario YAML file",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8765)
@@ -307,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--api-key", default="sim-key", help="the key clients must send")
     p.add_argument("--until-finished", action="store_true", help="exit when the scenario has run")
+    p.add_argument("--loop", action="store_true", help="replay the scenario for every later conversation")
     p.add_argument("--fast", action="store_true", help="send model audio as fast as possible, not in real time")
     p.add_argument("--transcript", type=Path, help="write the protocol transcript as JSON lines")
     p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a scenario var")

@@ -137,6 +137,11 @@ class AudioOutput(StrictModel):
     backend: Literal["pyaudio", "wav", "none"] = "pyaudio"
     device: str | int | None = None
     file: Path | None = Field(default=None, description="where backend: wav writes what was played")
+    volume: int = Field(
+        default=80, ge=0, le=100, description="software volume in percent; set_volume and MQTT change it (kept)"
+    )
+    earcon_volume: int = Field(default=60, ge=0, le=100, description="the tones, in percent of volume")
+    ring_volume: int = Field(default=100, ge=0, le=100, description="a timer's ring, in percent of volume")
 
 
 class Audio(StrictModel):
@@ -151,6 +156,32 @@ class Conversation(StrictModel):
     barge_in: Literal["wake_word", "voice", "off"] = "wake_word"
     earcons: bool = True
     settle_timeout: Duration = Field(default=5.0, description="time outstanding tool calls get at the end")
+    remember: Duration = Field(
+        default=0.0, le=7200, description="a conversation within this long of the last one goes on where it ended"
+    )
+
+
+class Builtins(StrictModel):
+    """The daemon's own tools."""
+
+    timers: bool = Field(default=True, description="set_timer, list_timers, cancel_timer")
+    volume: bool = Field(default=True, description="set_volume")
+    ring_for: Duration = Field(default=30.0, gt=0, le=600, description="a timer rings this long unless stopped")
+
+
+HOOK_EVENTS = ("wake", "listening", "connecting", "speaking", "tool_call", "error", "muted", "timer_ringing", "idle")
+
+
+class Hook(StrictModel):
+    """A command run on an event: no shell, the event's fields in LIVEHOME_* environment variables."""
+
+    command: list[str] = Field(min_length=1, description="program and arguments, e.g. [/usr/local/bin/leds, wake]")
+    timeout: Duration = Field(default=5.0, gt=0, le=60, description="killed after this long")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare(cls, v: Any) -> Any:
+        return {"command": v} if isinstance(v, list) else v
 
 
 # What an MQTT command may do by default: nothing that makes the model act (say is a text turn, off by default).
@@ -206,6 +237,10 @@ class Config(StrictModel):
     audio: Audio = Audio()
     conversation: Conversation = Conversation()
     assistant: Assistant = Assistant()
+    builtins: Builtins = Builtins()
+    hooks: dict[Literal[HOOK_EVENTS], Hook] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="event → command, for LEDs, displays and anything local"
+    )
     tools: list[dict[str, Any]] = Field(
         default_factory=list, description="tools inline, and include: entries (checked by daemon.loading)"
     )

@@ -112,6 +112,39 @@ class Refused(Event):
 
 
 @dataclass(frozen=True)
+class Status(Event):
+    """What the daemon shows besides its state: settings and diagnostics (Home Assistant's sensors)."""
+
+    kind = "status"
+    volume: int
+    barge_in: str
+    live: str  # disconnected | connecting | connected
+    tokens_today: int
+    last_error: str
+    next_timer: str  # ISO time of the next timer's end, or ""
+
+
+@dataclass(frozen=True)
+class TimersChanged(Event):
+    kind = "timers"
+    timers: tuple[dict[str, Any], ...]  # each {id, label, ends_at (ISO), seconds_left}
+
+
+@dataclass(frozen=True)
+class TimerRinging(Event):
+    kind = "timer_ringing"
+    id: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Announced(Event):
+    kind = "announced"
+    text: str
+    follow_up: bool
+
+
+@dataclass(frozen=True)
 class Reloaded(Event):
     kind = "reloaded"
 

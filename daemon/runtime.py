@@ -16,32 +16,35 @@ from pathlib import Path
 from typing import Any
 
 from .assembly import Devices, MqttSide, Options, open_devices, shared_secret, warm_client
-from .audio.earcons import end_earcon, error_earcon, wake_earcon
-from .audio.frames import OUTPUT_RATE, SAMPLE_RATE, AudioError, Frame, output_seconds
+from .audio.earcons import end_earcon, wake_earcon
+from .audio.frames import SAMPLE_RATE, AudioError, Frame, output_seconds
 from .audio.outputs import AudioSink
-from .audio.speech import spoken
 from .config import EX_CONFIG
 from .events import (
     BargeIn,
     Connected,
     Connecting,
+    ConversationEnded,
     Event,
     Interrupted,
     Observer,
     Ready,
     Reconnecting,
-    Refused,
     Reloaded,
     ReloadRefused,
     SessionEnded,
     SessionStarted,
     Speaking,
     StateChanged,
+    Status,
     Stopped,
+    TimersChanged,
     TurnEnded,
     WakeHeard,
     notify_all,
 )
+from .hooks import Hooks
+from .household import Household
 from .live.client import SetupError, api_key
 from .live.session import LiveSession, SessionResult
 from .loading import Loaded, load
@@ -49,7 +52,7 @@ from .logs import logger
 from .mqtt.arbiter import Arbiter
 from .mqtt.presence import Presence
 from .service import Notifier, install_signal_handlers, watchdog
-from .state import TokenBudget, default_state_dir
+from .state import default_state_dir
 from .tools.stack import tool_stack
 from .wake import AsyncWakeDetector, Detection, PrerollBuffer, WakeModelError
 from .yamlsrc import ConfigError
@@ -57,10 +60,6 @@ from .yamlsrc import ConfigError
 log = logger(__name__)
 
 SHUTDOWN_SETTLE = 2.0  # SIGTERM must end the process within 5 s, tool calls included
-SORRY = {
-    "budget": "Sorry, I have used up today's conversation budget.",
-    "failed": "Sorry, I cannot reach Gemini right now.",
-}
 STATUS_EVERY = 2.0
 # Session events after which the assistant's state may have changed.
 _STATE_EVENTS = (Connecting, Connected, Reconnecting, Speaking, TurnEnded, Interrupted)
@@ -96,7 +95,13 @@ class Daemon:
         self._last_status = ""
         self._shown: StateChanged | None = None
         self._background: set[asyncio.Task[Any]] = set()
-        self.budget = TokenBudget(self.state_dir, loaded.config.gemini.daily_token_budget)
+        self.household = Household(loaded.config, self.state_dir, self, self._notify)
+        self.hooks = Hooks(loaded.config.hooks)
+        self._remembered: tuple[str, float] | None = None  # the last conversation's handle, and when it ended
+        self._live = "disconnected"
+        self._last_error = ""
+        self._next_timer = ""
+        self._shown_status: Status | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -123,15 +128,22 @@ class Daemon:
         task.add_done_callback(self._background.discard)
 
     def _notify(self, event: Event) -> None:
-        hooks = [o.notify for o in self.observers]
+        hooks = [o.notify for o in self.observers] + [self.hooks.notify]
         if self._mqtt is not None:
             hooks.append(self._mqtt.presence.notify)
         notify_all(hooks, event, log)
+        if isinstance(event, TimersChanged):
+            self._next_timer = event.timers[0]["ends_at"] if event.timers else ""
 
     def _on_session_event(self, event: Event) -> None:
         self._notify(event)
         if isinstance(event, _STATE_EVENTS):
+            self._live = "connected" if isinstance(event, Connected | Speaking | TurnEnded | Interrupted) else (
+                "connecting")
             self._refresh_state()
+        elif isinstance(event, ConversationEnded):
+            self._live = "disconnected"
+            self.settings_changed()
 
     # ---- start, run, stop ------------------------------------------------------------------------------------
 
@@ -139,7 +151,9 @@ class Daemon:
         """Until SIGTERM/SIGINT (exit 0), the end of a file input (exit 0), or a config problem (exit 78)."""
         try:
             self._key, self._client, self._devices = await self._prepare(self.loaded)
+            self.speaker.volume = self.household.volume / 100
             await self._start_mqtt(self.loaded)
+            self.household.timers.start()
         except (SetupError, WakeModelError, AudioError) as exc:
             log.error("cannot start: %s", exc)
             await self._teardown()
@@ -186,6 +200,8 @@ class Daemon:
         cfg = loaded.config
         link, engine = tool_stack(loaded.registry, cfg.mqtt, self._notify, will=Presence.will(cfg))
         secret = shared_secret(cfg)
+        for tool in self.household.tools():
+            engine.add_local(tool)
         presence = Presence(link, cfg, self, secret)
         arbiter = Arbiter(link, cfg, report=self._notify, secret=secret)
         link.add_connect_hook(self._update_status)
@@ -201,6 +217,8 @@ class Daemon:
             await mqtt.stop(timeout)
 
     async def _teardown(self) -> None:
+        await self.household.timers.stop()
+        await self.hooks.close()
         if self._devices is not None:
             await self._devices.close()
         await self._stop_mqtt(timeout=1.0)
@@ -230,7 +248,7 @@ class Daemon:
         """Barge-in policy: without echo cancellation the model must not hear itself, so the microphone is
         closed while it speaks (wake_word, off); `voice` keeps it open for headsets and AEC microphones."""
         assert self.session is not None
-        if self.loaded.config.conversation.barge_in != "voice" and self._model_audible():
+        if self.household.policy != "voice" and self._model_audible():
             return
         self.session.feed(frame.pcm)
         self._fed_until = frame.end
@@ -239,11 +257,13 @@ class Daemon:
         log.info("wake word %s (score %.2f) at %.2fs", det.word, det.score, det.seconds)
         self._notify(WakeHeard(det.word, det.score, det.position, det.seconds))
         start = det.position - int(self.loaded.config.wake.preroll * SAMPLE_RATE)
+        if self.household.stop_ringing():
+            return  # the wake word silences a ringing timer, and opens nothing
         if self.phase is Phase.LISTENING:
             self._set_phase(Phase.CLAIMING)
             self._spawn(self._begin(det, start), "begin")
         elif self.phase is Phase.CONVERSATION and self.session is not None:
-            policy = self.loaded.config.conversation.barge_in
+            policy = self.household.policy
             if policy == "wake_word" and (self._model_audible() or self.session.model_turn):
                 self.session.barge_in()
                 self._open_mic_until = time.monotonic() + 0.5  # the device's last block must not re-mute the user
@@ -261,7 +281,7 @@ class Daemon:
             if not won:
                 log.info("another satellite answers this %s", det.word)
                 self._set_phase(Phase.LISTENING)
-                await self._serve_queued_start()
+                await self._listening_again()
                 return
         if self._stopping.is_set():
             return
@@ -270,46 +290,74 @@ class Daemon:
         self._open_session(trigger="wake", start=start, word=det.word, opened_at=heard_at)
 
     def _refuse_over_budget(self, trigger: str) -> bool:
-        """Past gemini.daily_token_budget: a short spoken refusal instead of a session."""
-        if not self.budget.exhausted:
+        if not self.household.refuse_over_budget(trigger):
             return False
-        why = f"today's token budget is spent ({self.budget.today} of {self.budget.limit})"
-        log.warning("%s not answered: %s", trigger, why)
-        self._notify(Refused(trigger, why))
         self._set_phase(Phase.LISTENING)
-        self._spawn(self._apologise("budget"), "apologise")
         return True
 
-    async def _apologise(self, what: str) -> None:
-        """The error cue, then a short sentence where espeak-ng is installed."""
-        self.speaker.play(error_earcon())
-        sentence = await asyncio.to_thread(spoken, SORRY[what], OUTPUT_RATE)
-        if sentence is not None:
-            self.speaker.play(sentence)
+    # ---- the household's host (daemon.household.Host) ------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.phase is not Phase.LISTENING
+
+    def tell(self, text: str) -> bool:
+        if self.session is None:
+            return False
+        self.session.send_text(text)
+        return True
+
+    def announce_now(self, text: str, follow_up: bool) -> None:
+        instruction = (
+            "Read this announcement to the people in the room, word for word, adding nothing before or after it: "
+            f"{text}"
+        )
+        self._open_session(trigger="announce", text=instruction, end_after_turn=not follow_up)
+
+    def play(self, pcm: bytes, level: float = 1.0) -> None:
+        self.speaker.volume = self.household.volume / 100
+        self.speaker.play(pcm, level)
+
+    def settings_changed(self) -> None:
+        if self._devices is not None:
+            self.speaker.volume = self.household.volume / 100
+        status = Status(
+            self.household.volume, self.household.policy, self._live, self.household.budget.today, self._last_error,
+            self._next_timer,
+        )
+        if status != self._shown_status:
+            self._shown_status = status
+            self._notify(status)
 
     # ---- conversations ---------------------------------------------------------------------------------------
 
     def _open_session(
         self, trigger: str, start: int | None = None, text: str | None = None, word: str = "",
-        opened_at: float | None = None,
+        opened_at: float | None = None, end_after_turn: bool = False,
     ) -> None:
         assert self._mqtt is not None
         cfg = self.loaded.config
+        handle = None
+        if self._remembered is not None and time.monotonic() - self._remembered[1] <= cfg.conversation.remember:
+            handle = self._remembered[0]  # conversation.remember: go on where the last one ended
+            log.info("conversation %d resumes the last one", self.sessions + 1)
         session = LiveSession(
             cfg.gemini,
             cfg.conversation,
             self._mqtt.engine,
-            self.loaded.registry.declarations(),
+            self._mqtt.engine.declarations(),
             key=self._key,
             speaker=self.speaker,
             observer=self._on_session_event,
             client=self._client,
             name=str(self.sessions + 1),
             opened_at=opened_at,
+            handle=handle,
+            end_after_turn=end_after_turn,
         )
-        if cfg.conversation.earcons:
+        if cfg.conversation.earcons and trigger != "announce":  # an announcement had its chime
             tone = wake_earcon()
-            self.speaker.play(tone)
+            self.play(tone, cfg.audio.output.earcon_volume / 100)
             self._open_mic_until = time.monotonic() + output_seconds(len(tone)) + 0.1
         fed_from = None
         if start is not None:
@@ -334,23 +382,28 @@ class Daemon:
         finally:
             self.session = None
             failed = result is None or result.reason in SessionEnded.FAILURES
+            if session.handle and session.resumable and not failed:
+                self._remembered = (session.handle, time.monotonic())
             if not self._stopping.is_set():
                 if failed:
-                    self._spawn(self._apologise("failed"), "apologise")
+                    self._spawn(self.household.apologise("failed"), "apologise")
                 elif self.loaded.config.conversation.earcons:
-                    self.speaker.play(end_earcon())
+                    self.play(end_earcon(), self.loaded.config.audio.output.earcon_volume / 100)
             await self.wake.reset()  # nothing heard during the conversation may fire afterwards
             if result is None:
+                self._last_error = "the conversation failed"
                 self._notify(SessionEnded("error", "", 0.0, 0))
             else:
-                self.budget.add(result.tokens)
+                if failed:
+                    self._last_error = f"{result.reason}: {result.detail}"[:300]
+                self.household.budget.add(result.tokens)
                 self._notify(
                     SessionEnded(result.reason, result.detail, result.duration, result.tool_calls, result.tokens)
                 )
             self._set_phase(Phase.LISTENING)
             if not self._stopping.is_set():
                 log.info("back to listening for %s", ", ".join(w.name for w in self.loaded.config.wake.words))
-            await self._serve_queued_start()
+            await self._listening_again()
             if self._pending is not None and not self._stopping.is_set():
                 await self._apply(self._pending)
 
@@ -366,6 +419,12 @@ class Daemon:
                 await self._session_task
 
     # ---- what MQTT commands ask for (daemon.mqtt.commands.Controller) ----------------------------------------
+
+    async def _listening_again(self) -> None:
+        """What waited for the conversation to end goes first: an announcement, else a start command."""
+        if not self._stopping.is_set() and not self.household.next_announcement():
+            await self._serve_queued_start()
+        self.settings_changed()
 
     async def _serve_queued_start(self) -> None:
         if self._queued_start is not None and not self._stopping.is_set() and self.phase is Phase.LISTENING:
@@ -396,6 +455,25 @@ class Daemon:
         self.muted = muted
         log.info("microphone %s", "muted" if muted else "unmuted")
         self._refresh_state()
+
+    async def announce(self, text: str, chime: bool = True, follow_up: bool = False) -> None:
+        self.household.announce(text, chime, follow_up)
+
+    def set_volume(self, level: int) -> None:
+        self.household.set_volume(level)
+
+    def stop_ringing(self) -> None:
+        if not self.household.stop_ringing():
+            raise RuntimeError("no timer is ringing")
+
+    def set_barge_in(self, policy: str) -> None:
+        self.household.set_barge_in(policy)
+
+    def hush(self) -> None:
+        self.speaker.flush()
+
+    async def refresh(self) -> None:
+        raise RuntimeError("no tool source in this config discovers devices (tools: - discover: ...)")
 
     async def reload(self) -> None:
         """A reload in a task of the daemon's own: a reload that rebuilds MQTT stops the very presence whose
@@ -441,7 +519,6 @@ class Daemon:
             log.error("reload failed, still running on the previous configuration: %s", exc)
             return
         self._key, self._client = key, client
-        self.budget.limit = new.config.gemini.daily_token_budget
         old_devices, self._devices = self._devices, devices  # the listener moves to a new input by itself
         if old_devices is not None:
             await old_devices.close(keep=devices)
@@ -451,6 +528,8 @@ class Daemon:
             await self._start_mqtt(new)
         elif self._mqtt is not None:
             self._mqtt.presence.reconfigure(cfg)
+        self.household.reconfigure(cfg)
+        self.hooks.hooks = cfg.hooks
         self.loaded = new
         log.info("configuration reloaded from %s", new.path)
         self._notify(Reloaded())
@@ -513,22 +592,3 @@ class Daemon:
         while True:
             await asyncio.sleep(STATUS_EVERY)
             self._update_status()
-
-
-def run(config_path: Path, options: Options) -> int:
-    """`livehome run`: exit 78 on a config that cannot work (every problem at once, as `check` shows them), 0 on
-    a clean stop."""
-    from .preflight import preflight
-
-    try:
-        loaded = load(config_path)
-    except ConfigError as exc:
-        log.error("invalid configuration %s:\n  %s", config_path, "\n  ".join(str(p) for p in exc.problems))
-        return EX_CONFIG
-    for warning in loaded.warnings:
-        log.warning("%s", warning)
-    problems = preflight(loaded, input_override=options.input, output_override=options.output, load_models=False)
-    if problems:
-        log.error("cannot start with %s:\n  %s", config_path, "\n  ".join(str(p) for p in problems))
-        return EX_CONFIG
-    return asyncio.run(Daemon(loaded, options).run())

@@ -22,6 +22,7 @@ from daemon.events import (
     SessionEnded,
     SessionStarted,
     StateChanged,
+    Status,
     ToolFinished,
     ToolStarted,
     WakeHeard,
@@ -46,6 +47,15 @@ HA = "homeassistant"
 def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HTTPS_PROXY", raising=False)
     monkeypatch.delenv("ALL_PROXY", raising=False)
+
+
+def transitions(w: World, topics: Topics) -> list[str]:
+    """The states a real daemon went through: its state topic also changes for other fields (volume, tokens)."""
+    out: list[str] = []
+    for state in states(w, topics):
+        if not out or out[-1] != state:
+            out.append(state)
+    return out
 
 
 def states(w: World, topics: Topics) -> list[str]:
@@ -149,7 +159,7 @@ async def test_state_and_events_follow_a_real_conversation(tmp_path: Path, broke
     async with running_daemon(tmp_path, broker, "lights_on", input=str(tmp_path / "mic.wav")) as run:
         assert await asyncio.wait_for(run.task, 60) == 0
         t = topics_of(run)
-        assert states(run.world, t) == [
+        assert transitions(run.world, t) == [
             "idle",
             "listening",
             "connecting",
@@ -183,7 +193,7 @@ async def test_a_dropped_connection_shows_connecting_and_a_reconnecting_event(tm
         tmp_path, broker, "drop_and_resume", "turn on the kitchen light", delays=slow_kitchen
     )
     t = topics_of(run)
-    seq = states(run.world, t)
+    seq = transitions(run.world, t)
     assert seq[:3] == ["idle", "connecting", "conversation"]
     assert seq[3:5] == ["connecting", "conversation"]  # the drop, then the resumed connection
     assert seq[-1] == "idle"
@@ -397,13 +407,19 @@ REQUIRED = {
     "switch": {"command_topic", "state_topic", "payload_on", "payload_off"},
     "button": {"command_topic", "payload_press"},
     "event": {"state_topic", "event_types"},
+    "notify": {"command_topic", "command_template"},
+    "text": {"command_topic", "command_template"},
+    "number": {"command_topic", "command_template", "state_topic", "value_template", "min", "max"},
+    "select": {"command_topic", "command_template", "state_topic", "value_template", "options"},
 }
+EVERY_COMMAND = ["start", "end", "mute", "unmute", "say", "announce", "volume", "stop", "barge_in", "reload"]
 
 
 async def test_discovery_payloads_follow_ha_conventions_and_use_the_real_topics(broker: Broker) -> None:
     async with (
         world(broker) as w,
-        satellite(broker, "lounge", name="Lounge", room="Living room", discovery_prefix=HA) as sat,
+        satellite(broker, "lounge", name="Lounge", room="Living room", discovery_prefix=HA,
+                  commands=EVERY_COMMAND) as sat,
     ):
         t = sat.topics
         configs: dict[str, dict[str, Any]] = {}
@@ -412,14 +428,15 @@ async def test_discovery_payloads_follow_ha_conventions_and_use_the_real_topics(
             configs[topic] = seen.json()  # retention: test_late_subscriber_sees_availability_state_and_discovery
         components = {}
         for topic, cfg in configs.items():
-            m = re.fullmatch(rf"{HA}/(sensor|switch|button|event)/([A-Za-z0-9_-]+)/config", topic)
+            m = re.fullmatch(rf"{HA}/(sensor|switch|button|event|notify|text|number|select)/([A-Za-z0-9_-]+)/config",
+                             topic)
             assert m, topic
             component, object_id = m.groups()
             assert object_id == cfg["unique_id"]
             assert REQUIRED[component] <= set(cfg), (topic, REQUIRED[component] - set(cfg))
             assert cfg["availability_topic"] == t.availability
             assert (cfg["payload_available"], cfg["payload_not_available"]) == ("online", "offline")
-            assert cfg["device"] == {
+            assert {k: v for k, v in cfg["device"].items() if k != "hw_version"} == {  # hw_version: on a Pi only
                 "identifiers": ["livehome_lounge"],
                 "name": "Lounge",
                 "manufacturer": "livehome",
@@ -429,7 +446,7 @@ async def test_discovery_payloads_follow_ha_conventions_and_use_the_real_topics(
             }
             assert cfg["origin"]["name"] == "livehome" and cfg["name"]
             components[cfg["unique_id"].removeprefix("livehome_lounge_")] = cfg
-        assert len({c["unique_id"] for c in configs.values()}) == len(configs) == 6
+        assert len({c["unique_id"] for c in configs.values()}) == len(configs) == 17
         assert components["state"]["state_topic"] == t.state and components["state"]["options"] == list(STATES)
         assert components["events"]["state_topic"] == t.events and components["events"]["event_types"] == list(
             EVENT_TYPES
@@ -448,6 +465,23 @@ async def test_discovery_payloads_follow_ha_conventions_and_use_the_real_topics(
         await send(w, mute["command_topic"], mute["payload_off"])
         await sat.controller.wait_for("set_muted", False)
         await w.wait_for(lambda s: s.topic == mute["state_topic"] and s.json()["muted"] is False)
+        # The new entities, the way HA sends them: their command_template rendered with the entity's value.
+        jinja2 = pytest.importorskip("jinja2")
+        env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+        for key, value, call in [
+            ("announce", "Dinner is ready", ("announce", "Dinner is ready", True, False)),
+            ("say", 'turn on the "big" light', ("start_conversation", 'turn on the "big" light')),
+            ("volume", "30.0", ("set_volume", 30)),
+            ("barge_in", "voice", ("set_barge_in", "voice")),
+        ]:
+            entity = components[key]
+            payload = env.from_string(entity["command_template"]).render(value=value)
+            await send(w, entity["command_topic"], payload)
+            await sat.controller.wait_for(*call)
+        for key, call in [("stop", ("stop_ringing",)), ("reload", ("reload",))]:
+            await send(w, components[key]["command_topic"], components[key]["payload_press"])
+            await sat.controller.wait_for(*call)
+        assert not events(w, t, "command_rejected")
 
 
 async def test_discovery_templates_render_against_what_is_published(broker: Broker) -> None:
@@ -463,11 +497,18 @@ async def test_discovery_templates_render_against_what_is_published(broker: Brok
         state, mute, last = cfg["livehome_bath_state"], cfg["livehome_bath_mute"], cfg["livehome_bath_last_tool"]
         sat.presence.notify(StateChanged("muted", True))
         sat.presence.notify(ToolFinished("t1", "set_light", {"room": "bath"}, "success", 0.2))
+        sat.presence.notify(WakeHeard("hey_jarvis", 0.87, 16000, 1.0))
+        sat.presence.notify(Status(35, "voice", "connected", 1234, "fatal: no key", "2026-11-29T12:00:00+00:00"))
         await settle(sat.presence, w)
         latest = w.on(sat.topics.state)[-1]
         assert render(state, latest) == "muted" and render(state, latest) in state["options"]
         assert render(mute, latest) == mute["state_on"]
-        assert render(last, w.on(sat.topics.last_tool)[-1]) == "set_light"
+        last_tool = w.on(sat.topics.last_tool)[-1]
+        assert render(last, last_tool) == last_tool.json()["at"] and last_tool.json()["name"] == "set_light"
+        for key, expected in [("volume", "35"), ("barge_in", "voice"), ("wake_score", "0.87"), ("live", "connected"),
+                              ("tokens_today", "1234"), ("last_error", "fatal: no key"),
+                              ("next_timer", "2026-11-29T12:00:00+00:00")]:  # fmt: skip
+            assert render(cfg[f"livehome_bath_{key}"], latest) == expected, key
         sat.presence.notify(StateChanged("idle", False))
         await settle(sat.presence, w)
         latest = w.on(sat.topics.state)[-1]

@@ -31,6 +31,12 @@ def frames(pcm: bytes, size: int = 2560) -> list[bytes]:
     return [pcm[i : i + size] for i in range(0, len(pcm), size)]
 
 
+def at_level(pcm: bytes, factor: float) -> bytes:
+    """What the speaker plays of `pcm` at a volume factor: scaled in float, rounded, clipped."""
+    scaled = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) * factor
+    return np.clip(np.round(scaled), -32768, 32767).astype(np.int16).tobytes()
+
+
 def played(rig_path: Path) -> bytes:
     pcm, rate, _ = read_wav(rig_path / "played.wav")
     assert rate == 24000
@@ -206,4 +212,4 @@ async def test_tokens_reach_the_session_end_event_and_the_budget_refuses_a_wake(
     assert refused["trigger"] == "wake" and "budget" in refused["why"]
     assert run.sim.connections == []
     heard = played(budget)
-    assert error_earcon() in heard
+    assert at_level(error_earcon(), 0.8 * 0.6) in heard  # audio.output.volume 80 %, the tones at 60 % of it

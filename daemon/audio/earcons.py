@@ -54,3 +54,16 @@ def renewed_earcon() -> bytes:
 def error_earcon() -> bytes:
     """Low, falling E4 → A3, longer than the end tone: "that did not work"."""
     return _render(tone(329.63, 0.15), _gap(0.05), tone(220.0, 0.25))
+
+
+@functools.cache
+def ring() -> bytes:
+    """One ring of a timer: three quick C6 pulses, then a pause; played again until stopped."""
+    pulse = tone(1046.5, 0.12, volume=0.35)
+    return _render(pulse, _gap(0.08), pulse, _gap(0.08), pulse, _gap(0.6))
+
+
+@functools.cache
+def chime() -> bytes:
+    """Before an announcement: a soft G5 → C6 → E6 arpeggio, "listen"."""
+    return _render(tone(783.99, 0.1), tone(1046.5, 0.1), tone(1318.5, 0.2))

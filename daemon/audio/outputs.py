@@ -45,6 +45,7 @@ class AudioSink(ABC):
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.played_bytes = 0
+        self.volume = 1.0  # software gain for everything played (0.0 to 1.0)
 
     # -- the thread's hooks --
     def _open(self) -> None:
@@ -85,12 +86,16 @@ class AudioSink(ABC):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def play(self, pcm: bytes) -> None:
-        """Queue audio; returns at once."""
+    def play(self, pcm: bytes, level: float = 1.0) -> None:
+        """Queue audio at the output's volume times `level` (a tone's share of it); returns at once."""
         if len(pcm) % 2:
             raise ValueError(f"play(pcm): {len(pcm)} bytes is not a whole number of 16-bit samples")
         if not pcm:
             return
+        factor = self.volume * level
+        if factor != 1.0:  # in float, then clipped: a loud source never wraps around
+            scaled = np.frombuffer(pcm, dtype=np.int16).astype(np.float32) * factor
+            pcm = np.clip(np.round(scaled), -32768, 32767).astype(np.int16).tobytes()
         blocks = [pcm[i : i + BLOCK_BYTES] for i in range(0, len(pcm), BLOCK_BYTES)]
         with self._cond:
             if self._stopping:

@@ -145,6 +145,7 @@ class LiveSession:
         name: str = "1",
         handle: str | None = None,
         opened_at: float | None = None,
+        end_after_turn: bool = False,
     ) -> None:
         self.gemini = gemini
         self.conversation = conversation
@@ -172,6 +173,7 @@ class LiveSession:
         self.fed_samples = 0  # microphone samples handed to this session so far
         self.handle: str | None = handle  # resume a previous conversation (conversation.remember)
         self.opened_at = opened_at if opened_at is not None else time.monotonic()  # the wake word, the command
+        self.end_after_turn = end_after_turn  # an announcement without a follow-up: one model turn, then the end
         self._first_audio_logged = False
         self.resumable = False
         self._outcome: asyncio.Future[_Outcome] | None = None
@@ -488,6 +490,8 @@ class LiveSession:
                 done = self._goodbye_done and not self.turn.model_turn and not self.speaker.playing
                 if done or now - self._ending_since > END_GRACE:
                     self._decide(_Outcome("end", "end_conversation", "the model ended it"))
+            elif self.end_after_turn and self.turn.completed and not self.turn.model_turn and not self.speaker.playing:
+                self._decide(_Outcome("end", "announced", "said what it had to say"))
             elif now - self._last_activity > self.conversation.idle_timeout and not self.turn.model_turn:
                 self._decide(_Outcome("end", "idle", f"nothing said for {self.conversation.idle_timeout:g}s"))
             if self._goaway_at is not None and (not self.turn.model_turn or now >= self._goaway_at):

@@ -22,6 +22,7 @@ from ..config import Config
 from ..credentials import redact
 from ..events import (
     STATES,
+    Announced,
     Event,
     Reconnecting,
     Refused,
@@ -30,7 +31,10 @@ from ..events import (
     SessionEnded,
     SessionStarted,
     StateChanged,
+    Status,
     StoodDown,
+    TimerRinging,
+    TimersChanged,
     ToolCancelled,
     ToolFinished,
     WakeHeard,
@@ -81,6 +85,8 @@ class Presence:
         self._muted = False
         self._last_wake: dict[str, Any] | None = None
         self._last_tool: dict[str, Any] | None = None
+        self._status: dict[str, Any] = {}
+        self._timers: list[dict[str, Any]] | None = None
         self._published_state: bytes | None = None  # the state payload without `since`, for skipping duplicates
         self._outbox: asyncio.Queue[_Out] = asyncio.Queue()
         self._commands: asyncio.Queue[Command] = asyncio.Queue(COMMAND_BACKLOG)
@@ -227,6 +233,16 @@ class Presence:
                 self.event("stood_down", **event.fields())
             case Refused(trigger=trigger, why=why):
                 self.event("error", message=f"{trigger} refused: {why}")
+            case Status():
+                self._status = {k: v for k, v in event.fields().items()}
+                self._send_state()
+            case TimersChanged(timers=timers):
+                self._timers = list(timers)
+                self._send(self.topics.timers, _dumps(self._timers), retain=True)
+            case TimerRinging(id=tid, label=label):
+                self.event("timer_fired", id=tid, label=label)
+            case Announced(text=text, follow_up=follow_up):
+                self.event("announced", length=len(text), follow_up=follow_up)  # the text is not published
             case Reloaded():
                 self.event("reloaded")
             case ReloadRefused(problems=problems):
@@ -306,11 +322,25 @@ class Presence:
             c.set_muted(muted)
         elif command.name == "reload":
             await c.reload()
+        elif command.name == "announce":
+            a = command.args
+            await c.announce(a["text"], a.get("chime", True), a.get("follow_up", False))
+        elif command.name == "volume":
+            c.set_volume(command.args["level"])
+        elif command.name == "stop":
+            c.stop_ringing()
+        elif command.name == "barge_in":
+            c.set_barge_in(command.args["policy"])
+        elif command.name == "refresh":
+            await c.refresh()
+        else:  # a command in SPECS that nothing carries out would be dropped silently
+            raise RuntimeError(f"{command.name} is not carried out by this daemon")
 
     # ---- publishing ------------------------------------------------------------------------------------------
 
     def _state_payload(self) -> dict[str, Any]:
         return {
+            **self._status,  # volume, barge_in, live, tokens_today, last_error, next_timer
             "state": self._state,
             "muted": self._muted,
             "room": self.config.assistant.room,
@@ -345,6 +375,8 @@ class Presence:
         self._send_state(force=True)
         if self._last_tool is not None:
             self._send(self.topics.last_tool, _dumps(self._last_tool), retain=True)
+        if self._timers is not None:
+            self._send(self.topics.timers, _dumps(self._timers), retain=True)
         self._send(self.topics.availability, ONLINE.encode(), retain=True)
 
     def _watch_birth(self) -> None:

@@ -22,6 +22,8 @@ EVENT_TYPES = (
     "command_failed",
     "reloaded",
     "reload_refused",
+    "timer_fired",
+    "announced",
 )
 
 
@@ -33,12 +35,13 @@ class Topics:
     events: str
     command: str
     last_tool: str
+    timers: str
 
     @classmethod
     def of(cls, config: Config) -> Topics:
         base = f"{config.mqtt.topic_prefix}/{config.assistant.id}"
         return cls(
-            base, f"{base}/availability", f"{base}/state", f"{base}/events", f"{base}/command", f"{base}/last_tool"
+            base, *(f"{base}/{name}" for name in ("availability", "state", "events", "command", "last_tool", "timers"))
         )
 
 

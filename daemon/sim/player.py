@@ -135,6 +135,16 @@ class Player:
                 self._voices[text] = await asyncio.to_thread(render, text)
 
     async def run(self) -> None:
+        while True:
+            await self._play()
+            if not self.sim.loop or self.failed:
+                break
+            self._record(0, "event", "loop")  # --loop: the next input starts the first turn again
+        log.info("scenario %s finished: later input is not answered (simulate --loop replays it)", self.scenario.name)
+        while True:
+            self._unexpected(await self.inputs.get(), None)
+
+    async def _play(self) -> None:
         turns = self.scenario.turns
         ctx: _TurnCtx | None = None
         try:
@@ -157,8 +167,6 @@ class Player:
         finally:
             self.done.set()
             self._notify()
-        while True:
-            self._unexpected(await self.inputs.get(), None)
 
     async def _next_input(self, turn: Turn, index: int) -> Input:
         while True:

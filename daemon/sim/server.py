@@ -80,8 +80,10 @@ class Simulator:
         transcript_file: Path | None = None,
         vars: Mapping[str, Any] | None = None,
         cert_hosts: Iterable[str] = (),
+        loop: bool = False,
     ) -> None:
         self.scenario = scenario if isinstance(scenario, Scenario) else load_scenario(scenario, vars)
+        self.loop = loop  # replay the scenario after its end, for every later conversation
         self.api_key = api_key
         self.host = host
         self.port = port
@@ -426,12 +428,14 @@ async def serve(
     vars: Mapping[str, Any] | None = None,
     models: Iterable[str] | None = None,
     out: TextIO | None = None,
+    loop: bool = False,
 ) -> int:
     """`livehome simulate`: run the simulator until SIGINT/SIGTERM (or the scenario's end with until_finished);
     0 if the client kept to the protocol, 1 if there were violations. ConfigError propagates for bad scenarios."""
     out = out or sys.stdout
     sim = Simulator(scenario, api_key=api_key, host=host, port=port, state_dir=state_dir,
-                    realtime_audio=realtime_audio, models=models, transcript_file=transcript_file, vars=vars)
+                    realtime_audio=realtime_audio, models=models, transcript_file=transcript_file, vars=vars,
+                    loop=loop)
     key_file = Path(state_dir) / "sim-api-key"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

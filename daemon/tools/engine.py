@@ -13,9 +13,11 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import jsonschema
 
 from ..calls import CancelReport, ToolCall, ToolResponse
 from ..events import Emit, Event, ToolCancelled, ToolFinished, ToolRepeated, ToolStarted, notify_all
@@ -24,7 +26,7 @@ from ..mqtt.link import BrokerUnavailable, DeliveryUnknown
 from ..yamlsrc import suggest
 from . import template as tpl
 from .authority import Authority, Refusal
-from .registry import ArgumentError, Registry, RenderedPublish, Tool
+from .registry import ArgumentError, Registry, RenderedPublish, Tool, describe_error
 from .spec import SchedulingSpec
 
 log = logger(__name__)
@@ -50,6 +52,24 @@ class Link(Protocol):
     def listen(self, topic: str) -> contextlib.AbstractContextManager[asyncio.Queue[Any]]: ...
 
     async def wait_settled(self, timeout: float) -> bool: ...
+
+
+@dataclass
+class LocalTool:
+    """A tool the daemon answers itself (timers, volume): declared like the others, run in-process, never
+    publishing. The tool layer only validates and times it; what it does is the handler's business."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments
+    handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    validator: jsonschema.Draft202012Validator = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.validator = jsonschema.Draft202012Validator(self.parameters)
+
+    def declaration(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "parameters": self.parameters, "behavior": None}
 
 
 class _Failed(Exception):
@@ -85,6 +105,14 @@ class Engine:
         self._names: dict[str, str] = {}  # names of calls being cancelled, for their events
         self._late_cancels: set[str] = set()
         self.authority = Authority()
+        self.local: dict[str, LocalTool] = {}
+
+    def add_local(self, tool: LocalTool) -> None:
+        self.local[tool.name] = tool
+
+    def declarations(self) -> list[dict[str, Any]]:
+        """Every tool the model may call: the configured ones, then the daemon's own."""
+        return self.registry.declarations() + [t.declaration() for t in self.local.values()]
 
     # ---- the interface the live layer uses -------------------------------------------------------------------
 
@@ -236,11 +264,16 @@ class Engine:
         timings["total"] = time.monotonic() - c.started
         tool = self.registry.get(c.call.name)
         scheduling = None
-        if tool is not None and tool.spec.behavior != "BLOCKING":  # the live layer drops it for synchronous models
+        if c.call.name in self.local:
+            scheduling = SchedulingSpec().for_outcome(outcome)
+        elif tool is not None and tool.spec.behavior != "BLOCKING":  # the live layer drops it for synchronous models
             scheduling = (tool.spec.scheduling or SchedulingSpec()).for_outcome(outcome)
         return ToolResponse(c.call.id, c.call.name, result, scheduling, outcome, timings)
 
     async def _steps(self, c: _Call, timings: dict[str, float]) -> dict[str, Any]:
+        local = self.local.get(c.call.name)
+        if local is not None:
+            return await self._run_local(local, c)
         tool = self.registry.get(c.call.name)
         if tool is None:
             raise _Failed(f"unknown tool '{c.call.name}'{suggest(c.call.name, self.registry.tools)}")
@@ -308,6 +341,16 @@ class Engine:
                 return last
         seen = f"; last report: {_short_json(last)}" if last is not None else ""
         raise _Failed(f"sent, but the device did not confirm within {timeout:g}s{seen}", "timeout")
+
+    async def _run_local(self, tool: LocalTool, c: _Call) -> dict[str, Any]:
+        args = c.call.args if isinstance(c.call.args, dict) else {}
+        problems = [describe_error(e) for e in tool.validator.iter_errors(c.call.args)]
+        if problems:
+            raise _Failed(f"invalid arguments, nothing was done: {'; '.join(problems)}")
+        result = await tool.handler(dict(args))
+        if not result.get("ok", True):
+            raise _Failed(str(result.get("error", "failed")))
+        return {"ok": True, **result}
 
     def _read(self, tool: Tool, args: dict[str, Any]) -> dict[str, Any]:
         assert tool.read_topic is not None and tool.spec.read is not None

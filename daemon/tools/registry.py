@@ -91,7 +91,7 @@ class Tool:
         Raises ArgumentError listing every problem."""
         if not isinstance(args, Mapping):
             raise ArgumentError([f"arguments must be an object, not {type(args).__name__}"])
-        problems = [_describe(e) for e in sorted(self._validator.iter_errors(dict(args)), key=lambda e: e.path)]
+        problems = [describe_error(e) for e in sorted(self._validator.iter_errors(dict(args)), key=lambda e: e.path)]
         for key, value in args.items():
             if isinstance(value, str) and any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
                 problems.append(f"{key}: contains control characters")
@@ -128,7 +128,7 @@ def encode_payload(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def _describe(err: jsonschema.ValidationError) -> str:
+def describe_error(err: jsonschema.ValidationError) -> str:
     """jsonschema's messages echo the whole input; a 10 kB string must not end up in a log or a response."""
     where = ".".join(str(p) for p in err.path) or "arguments"
     inst = err.instance

@@ -61,6 +61,21 @@ class RecordingController:
         await self._work("reload")
         self._record("reload")
 
+    async def announce(self, text: str, chime: bool = True, follow_up: bool = False) -> None:
+        self._record("announce", text, chime, follow_up)
+
+    def set_volume(self, level: int) -> None:
+        self._record("set_volume", level)
+
+    def stop_ringing(self) -> None:
+        self._record("stop_ringing")
+
+    def set_barge_in(self, policy: str) -> None:
+        self._record("set_barge_in", policy)
+
+    async def refresh(self) -> None:
+        self._record("refresh")
+
     async def wait_for(self, *call: Any, timeout: float = 5.0) -> None:
         async with asyncio.timeout(timeout):
             while call not in self.calls:
