@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import shutil
 from pathlib import Path
@@ -153,6 +154,12 @@ def test_a_broken_model_file_is_a_clear_error(tmp_path: Path) -> None:
 # -- .onnx word models -------------------------------------------------------------------------------------
 
 
+needs_onnxruntime = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime (the onnx extra) is not installed"
+)
+
+
+@needs_onnxruntime
 def test_onnx_only_detector_scores_on_the_shared_features(tmp_path: Path) -> None:
     model = constant_onnx(tmp_path / "always.onnx", 0.9)
     detector = WakeDetector(wake(str(model), refractory=1.0))
@@ -163,6 +170,7 @@ def test_onnx_only_detector_scores_on_the_shared_features(tmp_path: Path) -> Non
     assert hits[0].score == pytest.approx(0.9)
 
 
+@needs_onnxruntime
 def test_onnx_and_tflite_words_in_one_detector(tmp_path: Path) -> None:
     model = constant_onnx(tmp_path / "quiet.onnx", 0.3)  # under its threshold: never fires
     detector = WakeDetector(wake("hey_jarvis", str(model)))

@@ -69,6 +69,23 @@ def test_an_onnx_word_brings_in_onnxruntime_and_only_it(tmp_path: Path) -> None:
     assert got["modules"] == ["onnxruntime"]
 
 
+def test_an_onnx_word_without_onnxruntime_is_a_clear_error(tmp_path: Path) -> None:
+    code = f"""
+import sys
+sys.modules["onnxruntime"] = None  # as where it is not installed (the onnx extra; no 32-bit ARM wheel)
+from daemon.config import Wake, WakeWord
+from daemon.wake import WakeDetector, WakeModelError
+try:
+    WakeDetector(Wake(words=[WakeWord(model={str(linear_onnx(tmp_path / "toy.onnx"))!r})]))
+except WakeModelError as exc:
+    print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=fresh_home(tmp_path), capture_output=True, text=True,
+                         timeout=60, check=True)  # fmt: skip
+    assert out.stdout.startswith("wake.words[0].model: ")
+    assert "toy.onnx" in out.stdout and "pip install 'livehome[onnx]'" in out.stdout
+
+
 def run_cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "config.yaml"
     config.write_text("wake: {words: [hey_jarvis, alexa]}\naudio: {input: {backend: stdin}, output: {backend: none}}\n")
