@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .assembly import Devices, MqttSide, Options, open_devices, warm_client
 from .audio.earcons import end_earcon, error_earcon, wake_earcon
@@ -43,7 +44,6 @@ from .events import (
     notify_all,
 )
 from .live.client import SetupError, api_key
-from .live.session import LiveSession, SessionResult
 from .loading import Loaded, load
 from .logs import logger
 from .mqtt.arbiter import Arbiter
@@ -53,6 +53,9 @@ from .state import TokenBudget, default_state_dir
 from .tools.stack import tool_stack
 from .wake import AsyncWakeDetector, Detection, PrerollBuffer, WakeModelError
 from .yamlsrc import ConfigError
+
+if TYPE_CHECKING:
+    from .live.session import LiveSession, SessionResult
 
 log = logger(__name__)
 
@@ -137,7 +140,10 @@ class Daemon:
     async def run(self) -> int:
         """Until SIGTERM/SIGINT (exit 0), the end of a file input (exit 0), or a config problem (exit 78)."""
         try:
-            self._key, self._client, self._devices = await self._prepare(self.loaded)
+            # The Gemini SDK is a third of start-up when this process has not imported it yet: then it is
+            # imported right after READY (_warm_up), while the daemon listens; otherwise the client is built now.
+            sdk_loaded = "google.genai" in sys.modules
+            self._key, self._client, self._devices = await self._prepare(self.loaded, warm=sdk_loaded)
             await self._start_mqtt(self.loaded)
         except (SetupError, WakeModelError, AudioError) as exc:
             log.error("cannot start: %s", exc)
@@ -151,6 +157,8 @@ class Daemon:
         self._notify(Ready())
         self._refresh_state()
         listener = asyncio.create_task(self._listen(), name="listen")
+        if self._client is None:
+            self._spawn(self._warm_up(self.loaded), "warm-up")
         stopper = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait({listener, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -172,14 +180,33 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _prepare(self, loaded: Loaded) -> tuple[str, Any, Devices]:
+    async def _prepare(self, loaded: Loaded, warm: bool = True) -> tuple[str, Any, Devices]:
         """The key, the Live client and the devices a config needs, used by start and reload alike; raises what
-        makes them impossible, having released whatever it opened."""
+        makes them impossible, having released whatever it opened. Without `warm` the client is left for
+        `_warm_up` (start: it imports the Gemini SDK, which READY need not wait for)."""
         key = api_key(loaded.config.gemini)
-        client = await asyncio.to_thread(warm_client, loaded, key)
+        client = await asyncio.to_thread(warm_client, loaded, key) if warm else None
         current = (self.loaded.config, self._devices) if self._devices is not None else None
         devices = await open_devices(loaded.config, self.options, current)
         return key, client, devices
+
+    async def _warm_up(self, loaded: Loaded) -> None:
+        """Right after READY: the Gemini SDK, the Live client and the session module, on a thread while the
+        daemon listens. A wake word heard before this is done waits for the import to finish, and its session
+        builds its own client."""
+        try:
+            client = await asyncio.to_thread(self._warm_client, loaded)
+        except Exception as exc:  # the first session builds its own client and reports what fails there
+            log.warning("could not prepare the Live client: %s", exc)
+            return
+        if self.loaded is loaded and self._client is None:  # a reload may have built a newer one meanwhile
+            self._client = client
+        log.info("Live client ready")
+
+    def _warm_client(self, loaded: Loaded) -> Any:
+        from .live import session  # noqa: F401  (imported here, off the event loop)
+
+        return warm_client(loaded, self._key)
 
     async def _start_mqtt(self, loaded: Loaded) -> None:
         cfg = loaded.config
@@ -290,6 +317,8 @@ class Daemon:
         self, trigger: str, start: int | None = None, text: str | None = None, word: str = "",
         opened_at: float | None = None,
     ) -> None:
+        from .live.session import LiveSession  # imported by _warm_up after READY; waits for it if still under way
+
         assert self._mqtt is not None
         cfg = self.loaded.config
         session = LiveSession(
