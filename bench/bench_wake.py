@@ -21,7 +21,7 @@ from pathlib import Path
 from google import genai
 from google.genai import types
 
-from bench.common import Row, percentile
+from bench.common import NO_BASELINE, Row, have_openwakeword, percentile
 from daemon.audio.speech import silence, synthesize
 from daemon.events import Event, WakeHeard
 from daemon.loading import load
@@ -107,17 +107,20 @@ def listening(tmp: Path, broker_port: int) -> list[Row]:
     env = {**os.environ, "GEMINI_API_KEY": KEY}
     daemon = [sys.executable, "-m", "daemon", "run", "--config", str(cfg), "--input", str(audio), "--output", "none"]
     ours, raw = [], []
+    baseline = have_openwakeword()
     for _ in range(ROUNDS):
-        raw.append(measure([sys.executable, "-c", RAW_OWW, str(audio)], "ready", env))
+        if baseline:
+            raw.append(measure([sys.executable, "-c", RAW_OWW, str(audio)], "ready", env))
         ours.append(measure(daemon, "ready:", env))
-    (our_cpu, our_rss), (raw_cpu, raw_rss) = (
-        (statistics.mean(c for c, _ in runs), statistics.mean(r for _, r in runs)) for runs in (ours, raw)
-    )
-    raw_name = "bare openWakeWord, same model and audio, same pace"
+    our_cpu, our_rss = statistics.mean(c for c, _ in ours), statistics.mean(r for _, r in ours)
+    raw_cpu = statistics.mean(c for c, _ in raw) if raw else None
+    raw_rss = statistics.mean(r for _, r in raw) if raw else None
+    raw_name = "bare openWakeWord, same model and audio, same pace" if raw else NO_BASELINE
     return [
         Row("wake", f"CPU while listening (share of one core, {WINDOW:g} s window, mean of {ROUNDS})",
-            100 * our_cpu, 100 * raw_cpu, "%", raw_name),
-        Row("wake", f"peak RSS (mean of {ROUNDS})", our_rss, raw_rss, "MiB", raw_name + " (process total)"),
+            100 * our_cpu, None if raw_cpu is None else 100 * raw_cpu, "%", raw_name),
+        Row("wake", f"peak RSS (mean of {ROUNDS})", our_rss, raw_rss, "MiB",
+            f"{raw_name} (process total)" if raw else raw_name),
     ]  # fmt: skip
 
 
