@@ -118,12 +118,14 @@ async def test_listening_run_hears_the_wake_word_and_opens_a_session(venv: Path,
                 "  idle_timeout: 8s": "  idle_timeout: 1s",
             }))  # fmt: skip
             argv = [venv / "livehome", "run", "--config", config, "--input", mic, "--output", "none"]
-            out = await asyncio.to_thread(run, argv, work, user_env({"GEMINI_API_KEY": KEY}), 120)
+            env = user_env({"GEMINI_API_KEY": KEY, "HOME": str(work / "home-dir")})
+            out = await asyncio.to_thread(run, argv, work, env, 120)
             connected = bool(sim.connections) and sim.connections[0].first_audio is not None
             heard = [u.duration for u in sim.utterances]
         sim.assert_clean()
     log = out.stderr
     assert "ready: " in log and "wake word hey_jarvis" in log, log
     assert "XNNPACK" not in log
+    assert not (work / "home-dir" / ".cache").exists()  # no onnxruntime, so no telemetry database under ~/.cache
     assert connected, log  # the session reached the simulator and streamed the microphone,
     assert len(heard) == 1, (heard, log)  # with what was said after the wake word

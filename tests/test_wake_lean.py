@@ -86,6 +86,26 @@ except WakeModelError as exc:
     assert "toy.onnx" in out.stdout and "pip install 'livehome[onnx]'" in out.stdout
 
 
+def test_without_a_tflite_runtime_check_names_the_platform_and_the_fix(tmp_path: Path) -> None:
+    """As on 32-bit ARM with Python >= 3.12, where neither runtime has a wheel: `check` (and `run`) refuse with
+    exit 78 and say what to do, instead of an ImportError's traceback."""
+    config = tmp_path / "config.yaml"
+    config.write_text("wake: {words: [hey_jarvis]}\naudio: {input: {backend: stdin}, output: {backend: none}}\n")
+    code = (
+        "import sys\n"
+        "sys.modules['tflite_runtime'] = sys.modules['ai_edge_litert'] = None\n"
+        "from daemon.cli import main\n"
+        f"sys.exit(main(['check', '--config', {str(config)!r}]))\n"
+    )
+    env = {**fresh_home(tmp_path), "GEMINI_API_KEY": "test-key-0001"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 78, out.stdout + out.stderr
+    text = out.stdout + out.stderr
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert f"no TensorFlow Lite runtime for Python {version} on " in text and "Fix: " in text, text
+    assert "Traceback" not in text
+
+
 def run_cli(tmp_path: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "config.yaml"
     config.write_text("wake: {words: [hey_jarvis, alexa]}\naudio: {input: {backend: stdin}, output: {backend: none}}\n")

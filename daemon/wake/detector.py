@@ -17,6 +17,7 @@ from ..audio.frames import FRAME_SAMPLES, SAMPLE_RATE, Frame
 from ..config import Wake
 from .models import WakeModelError, feature_model, resolve_model
 from .scorer import WakeWordScorer, load_word
+from .tflite import interpreter_class
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +44,7 @@ class WakeDetector:
     """
 
     def __init__(self, settings: Wake) -> None:
+        interpreter_class()  # no TFLite at all is the machine's problem, not a word's: said once, plainly
         self.settings = settings
         self.refractory_samples = int(settings.refractory * SAMPLE_RATE)
         words: list[_Word] = []
