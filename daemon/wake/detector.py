@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from ..audio.frames import FRAME_SAMPLES, SAMPLE_RATE, Frame
 from ..config import Wake
 from .models import WakeModelError, feature_model, resolve_model
-from .scorer import WakeWordScorer, load_word
+from .scorer import WakeWordScorer, WordModel, load_word
 from .tflite import interpreter_class
 
 
@@ -48,7 +48,7 @@ class WakeDetector:
         self.settings = settings
         self.refractory_samples = int(settings.refractory * SAMPLE_RATE)
         words: list[_Word] = []
-        models = {}
+        models: dict[str, WordModel] = {}
         for i, ww in enumerate(settings.words):
             where = f"wake.words[{i}].model"
             path = resolve_model(ww.model, settings.models_dir, where)
