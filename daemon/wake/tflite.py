@@ -59,6 +59,8 @@ def _import_interpreter() -> Any:
             problems.append(f"{module.split('.')[0]}: {str(exc).strip().splitlines()[-1]}")
     python = f"{sys.version_info.major}.{sys.version_info.minor}"
     machine = platform.machine()
+    if sys.maxsize < 2**32 and machine in ("aarch64", "arm64"):
+        machine = "armv7l (a 32-bit OS on a 64-bit kernel)"  # uname says aarch64; Python and its wheels are 32-bit
     if sys.version_info < (3, 12):
         fix = "pip install 'tflite-runtime==2.14.0' 'numpy<2' (wheels for x86_64, aarch64 and armv7l)"
     elif machine in ("x86_64", "aarch64", "arm64", "AMD64"):
