@@ -51,7 +51,9 @@ def venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wheels = list((tmp / "dist").glob("livehome-*.whl"))
     assert len(wheels) == 1
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    run([sys.executable, "-m", "venv", tmp / "venv"], cwd=tmp, env=env)
+    # As the suite's own venv was made: on 32-bit ARM it sees Debian's numpy and PyYAML (README, ./dev).
+    system = "include-system-site-packages = true" in Path(sys.prefix, "pyvenv.cfg").read_text(errors="replace")
+    run([sys.executable, "-m", "venv", *(["--system-site-packages"] if system else []), tmp / "venv"], cwd=tmp, env=env)
     python = tmp / "venv" / "bin" / "python"
     run([python, *PIP, "install", "-q", wheels[0]], cwd=tmp, env=env, timeout=540)
     took = time.monotonic() - started
