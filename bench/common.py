@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
+
+NO_BASELINE = "no baseline: openwakeword is not installed here (pip install 'livehome[train]', CPython 3.11, 64-bit)"
+
+
+def have_openwakeword() -> bool:
+    """Whether the bare-openWakeWord baselines can run (the test and train extras; not on armv7l, not on
+    CPython >= 3.12, where its tflite-runtime dependency has no wheel)."""
+    return importlib.util.find_spec("openwakeword") is not None
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from .audio.outputs import AudioSink, open_output
 from .config import Config
 from .credentials import SHARED_SECRET_CREDENTIAL, lookup_secret
 from .live.client import make_client
-from .live.setup import connect_config
 from .loading import Loaded
 from .logs import logger
 from .mqtt.arbiter import Arbiter
@@ -113,6 +112,9 @@ def shared_secret(config: Config) -> bytes | None:
 
 def warm_client(loaded: Loaded, key: str) -> Any:
     """The Live client, and one throw-away connect config: both cost tens of milliseconds the first time, which
-    must not be spent between the wake word and the first audio byte."""
+    must not be spent between the wake word and the first audio byte. At start this runs right after READY (it
+    imports the Gemini SDK)."""
+    from .live.setup import connect_config
+
     connect_config(loaded.config.gemini, loaded.registry.declarations())
     return make_client(loaded.config.gemini, key)

@@ -18,7 +18,7 @@ from .audio.frames import AudioError
 from .audio.inputs import open_input
 from .audio.outputs import open_output
 from .credentials import MQTT_PASSWORD_CREDENTIAL, SHARED_SECRET_CREDENTIAL, CredentialError, lookup_secret
-from .live.client import SetupError, api_key, make_client
+from .live.client import SetupError, api_key, ca_context
 from .loading import Loaded
 from .mqtt.link import MqttLink, tls_context
 from .wake import WakeDetector, WakeModelError, feature_model, resolve_model
@@ -56,7 +56,7 @@ def preflight(loaded: Loaded, *, input_override: str | None = None, output_overr
     gemini_where = ("gemini", "api_key_file") if cfg.gemini.api_key_file else ("gemini",)
     found.run(gemini_where, lambda: api_key(cfg.gemini), SetupError)
     if cfg.gemini.ca_file is not None:
-        found.run(("gemini", "ca_file"), lambda: make_client(cfg.gemini, "not-a-key"), SetupError)
+        found.run(("gemini", "ca_file"), lambda: ca_context(cfg.gemini), SetupError)
     m = cfg.mqtt
     found.run(("mqtt", "password_file"),
               lambda: lookup_secret(MQTT_PASSWORD_CREDENTIAL, m.password_file, "mqtt.password_file"), CredentialError)

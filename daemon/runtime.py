@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .assembly import Devices, MqttSide, Options, open_devices, shared_secret, warm_client
 from .audio.earcons import end_earcon, wake_earcon
@@ -46,16 +46,19 @@ from .events import (
 from .hooks import Hooks
 from .household import Household
 from .live.client import SetupError, api_key
-from .live.session import LiveSession, SessionResult
 from .loading import Loaded, load
 from .logs import logger
 from .mqtt.arbiter import Arbiter
 from .mqtt.presence import Presence
 from .service import Notifier, install_signal_handlers, watchdog
 from .state import default_state_dir
+from .status import Phase, assistant_state, status_line
 from .tools.stack import tool_stack
 from .wake import AsyncWakeDetector, Detection, PrerollBuffer, WakeModelError
 from .yamlsrc import ConfigError
+
+if TYPE_CHECKING:
+    from .live.session import LiveSession, SessionResult
 
 log = logger(__name__)
 
@@ -63,12 +66,6 @@ SHUTDOWN_SETTLE = 2.0  # SIGTERM must end the process within 5 s, tool calls inc
 STATUS_EVERY = 2.0
 # Session events after which the assistant's state may have changed.
 _STATE_EVENTS = (Connecting, Connected, Reconnecting, Speaking, TurnEnded, Interrupted)
-
-
-class Phase(enum.Enum):
-    LISTENING = "listening"
-    CLAIMING = "claiming"  # heard the wake word; asking the other satellites who answers
-    CONVERSATION = "conversation"
 
 
 class Daemon:
@@ -121,11 +118,12 @@ class Daemon:
     def speaker(self) -> AudioSink:
         return self.devices.speaker
 
-    def _spawn(self, coro: Any, name: str) -> None:
-        """A fire-and-forget task, kept referenced until it is done (the loop holds tasks only weakly)."""
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """A task of the daemon's own, kept referenced until it is done (the loop holds tasks only weakly)."""
         task = asyncio.create_task(coro, name=name)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     def _notify(self, event: Event) -> None:
         hooks = [o.notify for o in self.observers] + [self.hooks.notify]
@@ -150,7 +148,10 @@ class Daemon:
     async def run(self) -> int:
         """Until SIGTERM/SIGINT (exit 0), the end of a file input (exit 0), or a config problem (exit 78)."""
         try:
-            self._key, self._client, self._devices = await self._prepare(self.loaded)
+            # The Gemini SDK is a third of start-up when this process has not imported it yet: then it is
+            # imported right after READY (_warm_up), while the daemon listens; otherwise the client is built now.
+            sdk_loaded = "google.genai" in sys.modules
+            self._key, self._client, self._devices = await self._prepare(self.loaded, warm=sdk_loaded)
             self.speaker.volume = self.household.volume / 100
             await self._start_mqtt(self.loaded)
             self.household.timers.start()
@@ -166,6 +167,8 @@ class Daemon:
         self._notify(Ready())
         self._refresh_state()
         listener = asyncio.create_task(self._listen(), name="listen")
+        if self._client is None:
+            self._spawn(self._warm_up(self.loaded), "warm-up")
         stopper = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait({listener, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -187,14 +190,33 @@ class Daemon:
     def stop(self) -> None:
         self._stopping.set()
 
-    async def _prepare(self, loaded: Loaded) -> tuple[str, Any, Devices]:
+    async def _prepare(self, loaded: Loaded, warm: bool = True) -> tuple[str, Any, Devices]:
         """The key, the Live client and the devices a config needs, used by start and reload alike; raises what
-        makes them impossible, having released whatever it opened."""
+        makes them impossible, having released whatever it opened. Without `warm` the client is left for
+        `_warm_up` (start: it imports the Gemini SDK, which READY need not wait for)."""
         key = api_key(loaded.config.gemini)
-        client = await asyncio.to_thread(warm_client, loaded, key)
+        client = await asyncio.to_thread(warm_client, loaded, key) if warm else None
         current = (self.loaded.config, self._devices) if self._devices is not None else None
         devices = await open_devices(loaded.config, self.options, current)
         return key, client, devices
+
+    async def _warm_up(self, loaded: Loaded) -> None:
+        """Right after READY: the Gemini SDK, the Live client and the session module, on a thread while the
+        daemon listens. A wake word heard before this is done waits for the import to finish, and its session
+        builds its own client."""
+        try:
+            client = await asyncio.to_thread(self._warm_client, loaded)
+        except Exception as exc:  # the first session builds its own client and reports what fails there
+            log.warning("could not prepare the Live client: %s", exc)
+            return
+        if self.loaded is loaded and self._client is None:  # a reload may have built a newer one meanwhile
+            self._client = client
+        log.info("Live client ready")
+
+    def _warm_client(self, loaded: Loaded) -> Any:
+        from .live import session  # noqa: F401  (imported here, off the event loop)
+
+        return warm_client(loaded, self._key)
 
     async def _start_mqtt(self, loaded: Loaded) -> None:
         cfg = loaded.config
@@ -335,6 +357,8 @@ class Daemon:
         self, trigger: str, start: int | None = None, text: str | None = None, word: str = "",
         opened_at: float | None = None, end_after_turn: bool = False,
     ) -> None:
+        from .live.session import LiveSession  # imported by _warm_up after READY; waits for it if still under way
+
         assert self._mqtt is not None
         cfg = self.loaded.config
         handle = None
@@ -478,10 +502,7 @@ class Daemon:
     async def reload(self) -> None:
         """A reload in a task of the daemon's own: a reload that rebuilds MQTT stops the very presence whose
         command task asked for it, and must not be cancelled with that task."""
-        task = asyncio.create_task(self._reload(), name="reload")
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-        await asyncio.shield(task)
+        await asyncio.shield(self._spawn(self._reload(), "reload"))
 
     # ---- reload ----------------------------------------------------------------------------------------------
 
@@ -543,18 +564,9 @@ class Daemon:
 
     @property
     def state(self) -> str:
-        """idle (waiting for the wake word) → listening (heard it; deciding who answers) → connecting →
-        conversation ⇄ speaking, or muted (one of events.STATES)."""
-        if self.muted and self.phase is not Phase.CONVERSATION:
-            return "muted"
-        if self.phase is Phase.CLAIMING:
-            return "listening"
-        if self.phase is Phase.CONVERSATION:
-            session = self.session
-            if session is None or not session.connected:
-                return "connecting"
-            return "speaking" if session.speaking else "conversation"
-        return "idle"
+        session = self.session
+        connected, speaking = (session.connected, session.speaking) if session is not None else (False, False)
+        return assistant_state(self.phase, self.muted, connected, speaking)
 
     def _refresh_state(self) -> None:
         """Tell the observers the state whenever it, or the mute switch, changed."""
@@ -565,22 +577,14 @@ class Daemon:
         self._update_status()
 
     def _status(self) -> str:
-        words = ", ".join(w.name for w in self.loaded.config.wake.words)
-        if self.muted:
-            line = "microphone muted"
-        elif self.phase is Phase.CONVERSATION:
-            calls = self.session.tool_calls if self.session else 0
-            line = f"in conversation: {calls} tool call{'s' if calls != 1 else ''}"
-        elif self.phase is Phase.CLAIMING:
-            line = "wake word heard, deciding which satellite answers"
-        else:
-            line = f"listening for {words}"
-        problems = []
-        if self._mqtt is not None and not self._mqtt.link.connected:
-            problems.append("MQTT broker unreachable, retrying")
-        if self._devices is not None and getattr(self._devices.mic, "unavailable", False):
-            problems.append("microphone unavailable, retrying")
-        return "; ".join([line, *problems])
+        return status_line(
+            self.phase,
+            self.muted,
+            [w.name for w in self.loaded.config.wake.words],
+            self.session.tool_calls if self.session else 0,
+            broker_down=self._mqtt is not None and not self._mqtt.link.connected,
+            mic_down=self._devices is not None and getattr(self._devices.mic, "unavailable", False),
+        )
 
     def _update_status(self) -> None:
         line = self._status()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import shutil
-import struct
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,7 @@ from daemon.wake import (
     resolve_model,
     wake_test,
 )
+from tests.support.onnx_words import constant_onnx
 from tests.support.speech_files import padded, speech, write_wav
 
 JARVIS = "hey jarvis, turn on the kitchen light"
@@ -153,56 +154,12 @@ def test_a_broken_model_file_is_a_clear_error(tmp_path: Path) -> None:
 # -- .onnx word models -------------------------------------------------------------------------------------
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-        n >>= 7
-        if not n:
-            return bytes(out)
+needs_onnxruntime = pytest.mark.skipif(
+    importlib.util.find_spec("onnxruntime") is None, reason="onnxruntime (the onnx extra) is not installed"
+)
 
 
-def _field(number: int, value: bytes | str | int) -> bytes:
-    if isinstance(value, int):
-        return _varint(number << 3) + _varint(value)
-    data = value.encode() if isinstance(value, str) else value
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
-def constant_onnx(path: Path, score: float) -> Path:
-    """A wake-word-shaped ONNX model (features [1, 16, 96] -> score [1, 1]) that always answers `score`,
-    encoded by hand (the onnx package is not a dependency): ReduceMean x2, then * 0 + score."""
-
-    def value_info(name: str, dims: list[int]) -> bytes:
-        shape = b"".join(_field(1, _field(1, d)) for d in dims)
-        return _field(1, name) + _field(2, _field(1, _field(1, 1) + _field(2, shape)))  # float tensor
-
-    def tensor(name: str, value: float) -> bytes:
-        return _field(1, 1) + _field(2, 1) + _field(4, struct.pack("<f", value)) + _field(8, name)
-
-    def node(op: str, inputs: list[str], output: str) -> bytes:
-        return b"".join(_field(1, i) for i in inputs) + _field(2, output) + _field(3, output) + _field(4, op)
-
-    def reduce(inp: str, out: str, axis: int, keep: int) -> bytes:
-        attrs = _field(5, _field(1, "axes") + _field(8, axis) + _field(20, 7))
-        attrs += _field(5, _field(1, "keepdims") + _field(3, keep) + _field(20, 2))
-        return _field(1, inp) + _field(2, out) + _field(3, out) + _field(4, "ReduceMean") + attrs
-
-    graph = (
-        _field(1, reduce("x", "m1", 2, 0))
-        + _field(1, reduce("m1", "m2", 1, 1))
-        + _field(1, node("Mul", ["m2", "zero"], "z"))
-        + _field(1, node("Add", ["z", "score"], "y"))
-        + _field(2, "constant")
-        + _field(5, tensor("zero", 0.0))
-        + _field(5, tensor("score", score))
-        + _field(11, value_info("x", [1, 16, 96]))
-        + _field(12, value_info("y", [1, 1]))
-    )
-    path.write_bytes(_field(1, 7) + _field(8, _field(1, "") + _field(2, 13)) + _field(7, graph))
-    return path
-
-
+@needs_onnxruntime
 def test_onnx_only_detector_scores_on_the_shared_features(tmp_path: Path) -> None:
     model = constant_onnx(tmp_path / "always.onnx", 0.9)
     detector = WakeDetector(wake(str(model), refractory=1.0))
@@ -213,6 +170,7 @@ def test_onnx_only_detector_scores_on_the_shared_features(tmp_path: Path) -> Non
     assert hits[0].score == pytest.approx(0.9)
 
 
+@needs_onnxruntime
 def test_onnx_and_tflite_words_in_one_detector(tmp_path: Path) -> None:
     model = constant_onnx(tmp_path / "quiet.onnx", 0.3)  # under its threshold: never fires
     detector = WakeDetector(wake("hey_jarvis", str(model)))

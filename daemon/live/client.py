@@ -5,13 +5,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import ssl
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-from google import genai
-from google.genai import types
 
 from ..config import Gemini
 from ..credentials import GEMINI_API_KEY_CREDENTIAL, CredentialError, lookup_secret, where_looked
+
+if TYPE_CHECKING:
+    from google import genai
 
 # websockets logs the handshake's request headers at DEBUG, and x-goog-api-key is one of them: whatever the
 # log levels, no DEBUG record of that logger is ever made.
@@ -46,8 +47,24 @@ def _loopback(url: str) -> bool:
         return False
 
 
+def ca_context(gemini: Gemini) -> ssl.SSLContext | None:
+    """The TLS context trusting gemini.ca_file, or None (the system's CAs)."""
+    if gemini.ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=str(gemini.ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise SetupError(f"gemini.ca_file {gemini.ca_file}: {exc}") from None
+
+
 def make_client(gemini: Gemini, key: str) -> genai.Client:
-    """A client whose Live socket goes to gemini.endpoint (if set), trusting gemini.ca_file (if set)."""
+    """A client whose Live socket goes to gemini.endpoint (if set), trusting gemini.ca_file (if set).
+
+    The SDK is imported here, not with the module: it is a third of the daemon's start-up (~0.3 s on x86, more on
+    a Pi), and the daemon imports it right after READY, while it already listens (daemon/runtime.py)."""
+    from google import genai
+    from google.genai import types
+
     ws_args: dict[str, object] = {
         "open_timeout": gemini.connect_timeout,
         # Detect a dead connection in ~20 s instead of websockets' default ~40 s.
@@ -55,11 +72,8 @@ def make_client(gemini: Gemini, key: str) -> genai.Client:
         "ping_timeout": 10,
         "close_timeout": 2,  # a shutdown must not wait long for a dead server's close frame
     }
-    if gemini.ca_file is not None:
-        try:
-            ws_args["ssl"] = ssl.create_default_context(cafile=str(gemini.ca_file))
-        except (OSError, ssl.SSLError) as exc:
-            raise SetupError(f"gemini.ca_file {gemini.ca_file}: {exc}") from None
+    if (context := ca_context(gemini)) is not None:
+        ws_args["ssl"] = context
     if gemini.endpoint and _loopback(gemini.endpoint):
         ws_args["proxy"] = None  # an HTTPS_PROXY in the environment must not swallow a local simulator
     options = types.HttpOptions(
