@@ -169,7 +169,8 @@ class Simulator:
 
     @property
     def finished(self) -> bool:
-        return self._player.done.is_set()
+        """Every turn of the scenario ran (not merely: the player stopped)."""
+        return self._player.position == "finished"
 
     @property
     def position(self) -> str:
