@@ -8,9 +8,11 @@ from __future__ import annotations
 from .loading import Loaded
 from .mqtt.discovery import discovery
 from .mqtt.topics import Topics, arbitration_topic, availability_filter
+from .tools.registry import Registry
 
 
-def acl_lines(loaded: Loaded) -> list[str]:
+def acl_lines(loaded: Loaded, registry: Registry | None = None) -> list[str]:
+    """`registry`: the tools with those discovered on the broker now (the config's own by default)."""
     cfg = loaded.config
     topics = Topics.of(cfg)
     user = cfg.mqtt.username or f"<the MQTT user of {cfg.assistant.id}>"
@@ -25,7 +27,10 @@ def acl_lines(loaded: Loaded) -> list[str]:
     if cfg.assistant.discovery_prefix:
         lines.append(f"topic read {cfg.assistant.discovery_prefix}/status")
         lines += [f"topic write {t}" for t in sorted(discovery(cfg))]
-    registry = loaded.registry
+    registry = registry or loaded.registry
+    for source in loaded.sources:
+        lines.append(f"# the discovery data of {source.discover}; rerun `livehome acl` after a refresh")
+        lines += [f"topic read {f}" for f in source.filters]
     if registry.topics:
         lines.append("# what the tools publish to")
         lines += [f"topic write {t}" for t in sorted(registry.topics)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,13 +14,16 @@ from .audio.inputs import InputStream, open_input
 from .audio.outputs import AudioSink, open_output
 from .config import Config
 from .credentials import SHARED_SECRET_CREDENTIAL, lookup_secret
+from .events import Emit
 from .live.client import make_client
 from .loading import Loaded
 from .logs import logger
 from .mqtt.arbiter import Arbiter
+from .mqtt.commands import Controller
 from .mqtt.link import MqttLink
 from .mqtt.presence import Presence
-from .tools.engine import Engine
+from .tools.engine import Engine, LocalTool
+from .tools.stack import Discovered, tool_stack
 from .wake import AsyncWakeDetector
 
 log = logger(__name__)
@@ -96,12 +100,39 @@ class MqttSide:
     presence: Presence
     arbiter: Arbiter
     task: asyncio.Task[None]
+    discovered: Discovered | None = None  # the tools made from the broker's discovery data
+    first_snapshot: asyncio.Task[Any] | None = None
 
     async def stop(self, timeout: float | None = None) -> None:
+        if self.first_snapshot is not None:
+            self.first_snapshot.cancel()
         await self.presence.stop(timeout)  # offline (retained) before a clean disconnect, which sends no will
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
+
+
+async def open_mqtt(
+    loaded: Loaded, controller: Controller, observer: Emit, local: Iterable[LocalTool], on_connect: Callable[[], None]
+) -> MqttSide:
+    """The daemon's side of the broker, running: tools (with those discovered once the broker's retained data is
+    in), presence taking commands for `controller`, and arbitration among satellites."""
+    cfg = loaded.config
+    link, engine = tool_stack(loaded.registry, cfg.mqtt, observer, will=Presence.will(cfg))
+    discovered = Discovered(loaded.sources, link, engine) if loaded.sources else None
+    secret = shared_secret(cfg)
+    for tool in local:
+        engine.add_local(tool)
+    presence = Presence(link, cfg, controller, secret)
+    arbiter = Arbiter(link, cfg, report=observer, secret=secret)
+    link.add_connect_hook(on_connect)
+    side = MqttSide(link, engine, presence, arbiter, asyncio.create_task(link.run(), name="mqtt"), discovered)
+    if discovered is not None:
+        side.first_snapshot = asyncio.create_task(discovered.first(), name="discover")
+    await presence.start()
+    await arbiter.start()
+    await link.wait_attempted(2.0)  # READY's status line must say whether the broker is there
+    return side
 
 
 def shared_secret(config: Config) -> bytes | None:

@@ -68,11 +68,55 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EX_UNAVAILABLE if trouble else 0
 
 
+def _with_discovered(loaded: Loaded, wait: float, command: str) -> tuple[Any, Any]:
+    """The registry with the tools discovered on the broker now, and what the snapshot made (None without
+    discover: sources); exits 69 when the broker cannot be asked."""
+    from .tools.stack import BrokerUnreachable, discover_once
+
+    if not loaded.sources:
+        return loaded.registry, None
+    try:
+        return asyncio.run(discover_once(loaded.registry, loaded.config.mqtt, loaded.sources, wait))
+    except BrokerUnreachable as exc:
+        print(f"livehome {command}: {exc}; the discovered tools need it", file=sys.stderr)
+        raise SystemExit(EX_UNAVAILABLE) from None
+
+
 def cmd_acl(args: argparse.Namespace) -> int:
     from .acl import acl_lines
 
-    print("\n".join(acl_lines(_load_or_exit(args.config))))
+    loaded = _load_or_exit(args.config)
+    registry, _ = _with_discovered(loaded, args.wait, "acl")
+    print("\n".join(acl_lines(loaded, registry)))
     return 0
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    import yaml
+
+    from .tools.discover import Discover
+    from .tools.stack import BrokerUnreachable, discover_once
+
+    loaded = _load_or_exit(args.config)
+    sources = loaded.sources or (Discover(discover="zigbee2mqtt"), Discover(discover="homeassistant"))
+    try:
+        _, built = asyncio.run(discover_once(loaded.registry, loaded.config.mqtt, sources, args.wait))
+    except BrokerUnreachable as exc:
+        print(f"livehome discover: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    where = ", ".join(s.where for s in sources)
+    print(f"# livehome discover: {built.devices} devices from {where} on {loaded.config.mqtt.host}")
+    print("# Paste these under tools: in place of the discover: entries to pin them down and edit them (rename a")
+    print("# device, drop one); the topic set is then fixed in the file, like any tool's.")
+    for line in built.left_out:
+        print(f"#   left out: {line}")
+
+    class Plain(yaml.SafeDumper):
+        def ignore_aliases(self, data: Any) -> bool:
+            return True
+
+    print(yaml.dump({"tools": built.tools}, Dumper=Plain, sort_keys=False, allow_unicode=True, width=110), end="")
+    return 0 if built.tools else 1
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -81,11 +125,20 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_tools(args: argparse.Namespace) -> int:
+    """The declarations on stdout, exactly as sent; where each tool (and device) came from on stderr."""
     from .live.setup import setup_frame
 
     loaded = _load_or_exit(args.config)
-    frame = setup_frame(loaded.config.gemini, loaded.registry.declarations())
+    registry, _ = _with_discovered(loaded, args.wait, "tools")
+    frame = setup_frame(loaded.config.gemini, registry.declarations())
     print(json.dumps(frame["setup"]["tools"], indent=2, ensure_ascii=False))
+    entries = loaded.source.get("tools", []) if isinstance(loaded.source, dict) else []
+    origins = {e.get("name"): f"{getattr(e, 'file', '?')}:{getattr(e, 'line', 0)}" for e in entries
+               if isinstance(e, dict) and "name" in e}  # fmt: skip
+    for tool in registry.tools.values():
+        print(f"# {tool.name}: {origins.get(tool.name, 'discovered on the broker')}", file=sys.stderr)
+        for device, variant in tool.variants.items():
+            print(f"#   {device}: {variant.source or 'no source given'}", file=sys.stderr)
     return 0
 
 
@@ -115,7 +168,8 @@ async def _call(loaded: Loaded, name: str, call_args: dict[str, Any], wait: floa
             finished.append(event)
 
     started = time.monotonic()
-    async with running_tools(loaded.registry, loaded.config.mqtt, seen, connect_wait=wait) as (link, engine):
+    mqtt = loaded.config.mqtt
+    async with running_tools(loaded.registry, mqtt, seen, connect_wait=wait, sources=loaded.sources) as (link, engine):
         connect_time = time.monotonic() - started
         if not link.connected:
             print(f"MQTT broker {link.where} not reachable within {wait:g}s ({link.last_error})", file=sys.stderr)
@@ -294,8 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("check", cmd_check, "everything start-up checks, all problems at once (exit 78 when invalid)")
     p.add_argument("--online", action="store_true", help="also probe the broker, the Live endpoint and state topics")
     command("schema", cmd_schema, "print the config's JSON Schema (for editor completion)")
-    command("acl", cmd_acl, "print mosquitto ACL lines giving this satellite only the topics it uses")
-    command("tools", cmd_tools, "print the function declarations exactly as sent to Gemini")
+    p = command("acl", cmd_acl, "print mosquitto ACL lines giving this satellite only the topics it uses")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the broker's discovery data")
+    p = command("tools", cmd_tools, "print the function declarations exactly as sent to Gemini (origins on stderr)")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the broker's discovery data")
+    p = command("discover", cmd_discover, "print, as tools YAML to paste, what the broker's device data makes now")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the broker (default 5)")
     command("devices", cmd_devices, "list the sound devices (for audio.input.device / audio.output.device)")
     p = command("wake-test", cmd_wake_test, "run a WAV file through the wake word: detections, scores, times")
     p.add_argument("file", type=Path, help="a WAV file (any rate, mono or stereo)")

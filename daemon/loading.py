@@ -16,6 +16,7 @@ from .config import Config
 from .live.models import ModelProfile, profile
 from .mqtt.commands import COMMANDS
 from .schema import problems_from_validation
+from .tools.discover import DISCOVERED_TOOL_NAMES, Discover
 from .tools.packs import Include, expand_tools
 from .tools.registry import Registry, SpecError, compile_tool
 from .tools.spec import ToolSpec
@@ -30,6 +31,7 @@ class Loaded:
     config: Config
     registry: Registry
     warnings: tuple[Problem, ...] = ()
+    sources: tuple[Discover, ...] = ()  # tools: - discover: …, made into tools once the broker is reached
     source: Any = field(default=None, compare=False, repr=False)  # the located YAML, for placing later problems
 
     def locate(self, where: tuple[Any, ...]) -> tuple[str, int]:
@@ -44,10 +46,18 @@ class Loaded:
 def load(path: Path) -> Loaded:
     """Load, validate and compile. Raises ConfigError with every problem found, each at its file and line."""
     config, specs, raw = load_config(path)
+    sources = [s for s in specs if isinstance(s[1], Discover)]
+    specs = [s for s in specs if isinstance(s[1], ToolSpec)]
     tools: list = []
     problems, warnings = check_model(config, specs, raw)
     problems += check_names(config, specs, raw)
-    for index, spec in enumerate(specs):
+    if sources:
+        for index, spec in specs:
+            if spec.name in DISCOVERED_TOOL_NAMES:
+                file, line = locate(raw, ("tools", index, "name"))
+                message = f"'{spec.name}' is a name discovered devices get (tools[{sources[0][0]}]); choose another"
+                problems.append(Problem(file, line, f"tools[{index}].name", message))
+    for index, spec in specs:
         try:
             tools.append(compile_tool(spec, config.assistant.room))
         except SpecError as exc:
@@ -56,14 +66,16 @@ def load(path: Path) -> Loaded:
                 problems.append(Problem(file, line, f"tool '{spec.name}' {dotted(where)}".rstrip(), message))
     if problems:
         raise ConfigError(problems)
-    return Loaded(Path(path), config, Registry(tools), tuple(warnings), raw)
+    return Loaded(
+        Path(path), config, Registry(tools), tuple(warnings), sources=tuple(s for _, s in sources), source=raw
+    )
 
 
-def check_names(config: Config, specs: list[ToolSpec], raw: Any) -> list[Problem]:
+def check_names(config: Config, specs: list[tuple[int, ToolSpec]], raw: Any) -> list[Problem]:
     """Names that must mean one thing: a tool may not take a name the daemon answers itself, and only known
     MQTT commands can be enabled."""
     problems = []
-    for index, spec in enumerate(specs):
+    for index, spec in specs:
         if spec.name in RESERVED_TOOL_NAMES:
             file, line = locate(raw, ("tools", index, "name"))
             problems.append(Problem(file, line, f"tools[{index}].name", f"'{spec.name}' is the daemon's own tool"))
@@ -75,7 +87,7 @@ def check_names(config: Config, specs: list[ToolSpec], raw: Any) -> list[Problem
     return problems
 
 
-def check_model(config: Config, specs: list[ToolSpec], raw: Any) -> tuple[list[Problem], list[Problem]]:
+def check_model(config: Config, specs: list[tuple[int, ToolSpec]], raw: Any) -> tuple[list[Problem], list[Problem]]:
     """What the configured model cannot do (the service would close with 1007 at setup, or hold the call):
     problems for a known model, warnings for one livehome does not know (it gets a conservative profile)."""
     model, gemini = profile(config.gemini.model), config.gemini
@@ -98,7 +110,7 @@ def check_model(config: Config, specs: list[ToolSpec], raw: Any) -> tuple[list[P
         if getattr(gemini, key) is not None and not supported:
             at(("gemini", key), f"{name} does not take {key} (even set to false, the service refuses it)", found)
     if not model.async_calls:
-        for index, spec in enumerate(specs):
+        for index, spec in specs:
             if spec.behavior == "NON_BLOCKING":
                 at(("tools", index, "behavior"), f"{name} only makes synchronous calls; remove behavior: "
                                                  "NON_BLOCKING (the model waits for every answer)", found)
@@ -108,7 +120,7 @@ def check_model(config: Config, specs: list[ToolSpec], raw: Any) -> tuple[list[P
     return problems, warnings
 
 
-def load_config(path: Path) -> tuple[Config, list[ToolSpec], Any]:
+def load_config(path: Path) -> tuple[Config, list[tuple[int, ToolSpec | Discover]], Any]:
     """Parse, expand tool includes, validate. Returns the config, its tool specs and the located raw data (for
     later checks); raises ConfigError listing every problem found with its place."""
     path = Path(path)
@@ -132,17 +144,19 @@ def load_config(path: Path) -> tuple[Config, list[ToolSpec], Any]:
     return _resolve_paths(config, path.parent), specs, raw
 
 
-def _tool_specs(raw: Any, problems: list[Problem]) -> list[ToolSpec]:
-    """Each entry of the (expanded) tools list as a ToolSpec; problems are placed inside the tool."""
+def _tool_specs(raw: Any, problems: list[Problem]) -> list[tuple[int, ToolSpec | Discover]]:
+    """Each entry of the (expanded) tools list, with its index, as a ToolSpec or a discover source; problems are
+    placed inside the entry."""
     entries = raw.get("tools") if isinstance(raw, dict) else None
-    specs = []
+    specs: list[tuple[int, ToolSpec | Discover]] = []
     for index, entry in enumerate(entries if isinstance(entries, list) else []):
         if not isinstance(entry, dict):
             continue  # Config's validation already reported it
+        model: type[ToolSpec | Discover] = Discover if "discover" in entry else ToolSpec
         try:
-            specs.append(ToolSpec.model_validate(entry))
+            specs.append((index, model.model_validate(entry)))
         except ValidationError as exc:
-            for p in problems_from_validation(exc, entry, ToolSpec):
+            for p in problems_from_validation(exc, entry, model):
                 problems.append(Problem(p.file, p.line, dotted(("tools", index)) + (f".{p.where}" if p.where else ""),
                                         p.message))
     return specs
@@ -197,12 +211,12 @@ def json_schema() -> str:
     """The config's JSON Schema, for editors' completion and validation of config.yaml."""
     schema = Config.model_json_schema(mode="validation")
     defs = schema.setdefault("$defs", {})
-    for model in (ToolSpec, Include):  # a tools entry is a tool, or an include (expanded before validation)
+    for model in (ToolSpec, Include, Discover):  # a tool, an include (expanded before validation), or a source
         sub = model.model_json_schema(mode="validation", ref_template="#/$defs/{model}")
         defs.update(sub.pop("$defs", {}))
         defs[model.__name__] = sub
     tools = schema["properties"]["tools"]
-    tools["items"] = {"anyOf": [{"$ref": "#/$defs/ToolSpec"}, {"$ref": "#/$defs/Include"}]}
+    tools["items"] = {"anyOf": [{"$ref": f"#/$defs/{m}"} for m in ("ToolSpec", "Include", "Discover")]}
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "livehome configuration"
     return json.dumps(schema, indent=2)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .assembly import Devices, MqttSide, Options, open_devices, shared_secret, warm_client
+from .assembly import Devices, MqttSide, Options, open_devices, open_mqtt, warm_client
 from .audio.earcons import end_earcon, wake_earcon
 from .audio.frames import SAMPLE_RATE, AudioError, Frame, output_seconds
 from .audio.outputs import AudioSink
@@ -48,12 +48,9 @@ from .household import Household
 from .live.client import SetupError, api_key
 from .loading import Loaded, load
 from .logs import logger
-from .mqtt.arbiter import Arbiter
-from .mqtt.presence import Presence
 from .service import Notifier, install_signal_handlers, watchdog
 from .state import default_state_dir
 from .status import Phase, assistant_state, status_line
-from .tools.stack import tool_stack
 from .wake import AsyncWakeDetector, Detection, PrerollBuffer, WakeModelError
 from .yamlsrc import ConfigError
 
@@ -219,19 +216,7 @@ class Daemon:
         return warm_client(loaded, self._key)
 
     async def _start_mqtt(self, loaded: Loaded) -> None:
-        cfg = loaded.config
-        link, engine = tool_stack(loaded.registry, cfg.mqtt, self._notify, will=Presence.will(cfg))
-        secret = shared_secret(cfg)
-        for tool in self.household.tools():
-            engine.add_local(tool)
-        presence = Presence(link, cfg, self, secret)
-        arbiter = Arbiter(link, cfg, report=self._notify, secret=secret)
-        link.add_connect_hook(self._update_status)
-        task = asyncio.create_task(link.run(), name="mqtt")
-        self._mqtt = MqttSide(link, engine, presence, arbiter, task)
-        await presence.start()
-        await arbiter.start()
-        await link.wait_attempted(2.0)  # READY's status line must say whether the broker is there
+        self._mqtt = await open_mqtt(loaded, self, self._notify, self.household.tools(), self._update_status)
 
     async def _stop_mqtt(self, timeout: float | None = None) -> None:
         mqtt, self._mqtt = self._mqtt, None
@@ -497,7 +482,12 @@ class Daemon:
         self.speaker.flush()
 
     async def refresh(self) -> None:
-        raise RuntimeError("no tool source in this config discovers devices (tools: - discover: ...)")
+        """New discovery data on the broker becomes reachable only here (or by a reload): the topic set is audited."""
+        if self._mqtt is None or self._mqtt.discovered is None:
+            raise RuntimeError("no tool source in this config discovers devices (tools: - discover: ...)")
+        if not self._mqtt.link.connected:
+            raise RuntimeError("the broker is unreachable: nothing to refresh from")
+        self._mqtt.discovered.take()
 
     async def reload(self) -> None:
         """A reload in a task of the daemon's own: a reload that rebuilds MQTT stops the very presence whose
@@ -549,6 +539,8 @@ class Daemon:
             await self._start_mqtt(new)
         elif self._mqtt is not None:
             self._mqtt.presence.reconfigure(cfg)
+            if self._mqtt.discovered is not None and self._mqtt.link.connected:
+                self._mqtt.discovered.take()  # a reload also takes a fresh look at the broker's devices
         self.household.reconfigure(cfg)
         self.hooks.hooks = cfg.hooks
         self.loaded = new

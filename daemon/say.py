@@ -41,7 +41,8 @@ async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None
     speaker = WavSink(output, paced=False) if output else NullSink()
     await speaker.start()
     try:
-        async with running_tools(loaded.registry, loaded.config.mqtt, observe, connect_wait=5.0) as (link, engine):
+        stack = running_tools(loaded.registry, loaded.config.mqtt, observe, connect_wait=5.0, sources=loaded.sources)
+        async with stack as (link, engine):
             if not link.connected:
                 print(f"livehome say: MQTT broker {link.where} unreachable ({link.last_error})", file=sys.stderr)
                 return EX_UNAVAILABLE
@@ -49,7 +50,7 @@ async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None
                 loaded.config.gemini,
                 conversation,
                 engine,
-                loaded.registry.declarations(),
+                engine.declarations(),
                 key=key,
                 speaker=speaker,
                 observer=observe,

@@ -165,7 +165,7 @@ def test_tool_defined_twice_names_both_places(tmp_path: Path) -> None:
         (("required: [room, state]", "required: [state]"), "needs a required parameter or one with a default"),
         (("required: [room, state]", "required: [room, stat]"), "unknown parameter 'stat' (did you mean 'state'?)"),
         (("    publish:", "    read: {topic: x}\n    publish:"), "exactly one action"),
-        (("enum: [ON, OFF]", "enum: [ON, OFF], minimum: 1"), "minimum/maximum are for integer and number"),
+        (("enum: [ON, OFF]", "enum: [ON, OFF], minimum: 1"), "minimum/maximum/scale are for integer and number"),
         (("enum: [ON, OFF]", "enum: [1, 2]"), "is not of type string"),
         (("name: set_light", "name: set-light"), "String should match pattern"),
     ],

@@ -113,7 +113,7 @@ class MqttLink:
         self.settings = settings
         self.will = will
         self._watched: set[str] = set()
-        self._patterns: list[tuple[str, Handler]] = []
+        self._patterns: list[tuple[str, Handler, int]] = []
         self._cache: dict[str, Message] = {}
         self._waiters: dict[str, list[asyncio.Queue[Message]]] = {}
         self._client: aiomqtt.Client | None = None
@@ -141,9 +141,10 @@ class MqttLink:
         if new and self._client is not None and self.connected:
             asyncio.get_running_loop().create_task(self._subscribe(self._client, sorted(new)))
 
-    def handle(self, topic_filter: str, handler: Handler) -> None:
-        """Call handler for every message matching a (wildcard) filter, e.g. a command topic."""
-        self._patterns.append((topic_filter, handler))
+    def handle(self, topic_filter: str, handler: Handler, max_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        """Call handler for every message matching a (wildcard) filter, e.g. a command topic; it sees at most
+        `max_bytes` of each (more for a device list than for a device's state)."""
+        self._patterns.append((topic_filter, handler, max_bytes))
         if self._client is not None and self.connected:
             asyncio.get_running_loop().create_task(self._subscribe(self._client, [topic_filter]))
 
@@ -282,7 +283,7 @@ class MqttLink:
             self._client = client
             self._lost = asyncio.get_running_loop().create_future()
             self.connects += 1
-            topics = sorted(self._watched) + [f for f, _ in self._patterns]
+            topics = sorted(self._watched) + [f for f, _, _ in self._patterns]
             await self._subscribe(client, [*topics, self._fence])
             # A broker keeps one client's messages in order: once our own fence message is back, the retained
             # messages of the subscriptions before it have all arrived.
@@ -315,10 +316,13 @@ class MqttLink:
             self._cache[msg.topic] = msg
         for queue in self._waiters.get(msg.topic, ()):
             queue.put_nowait(msg)
-        for topic_filter, handler in self._patterns:
+        for topic_filter, handler, max_bytes in self._patterns:
             if raw.topic.matches(topic_filter):
+                seen = msg
+                if max_bytes != MAX_MESSAGE_BYTES:
+                    seen = Message(msg.topic, bytes(payload[:max_bytes]), msg.retain, size=len(payload))
                 try:
-                    result = handler(msg)
+                    result = handler(seen)
                     if asyncio.iscoroutine(result):
                         asyncio.get_running_loop().create_task(result)
                 except Exception:

@@ -86,6 +86,7 @@ class _Call:
     task: asyncio.Task[None] | None = None
     published: bool = False
     args: dict[str, Any] = field(default_factory=dict)
+    tool: Tool | None = None  # what runs it: the tool, or for a tool with devices the named device's own
     previous: Any = None
     sent: list[str] = field(default_factory=list)
     response: ToolResponse | None = None
@@ -279,13 +280,16 @@ class Engine:
             raise _Failed(f"unknown tool '{c.call.name}'{suggest(c.call.name, self.registry.tools)}")
         mark = time.monotonic()
         try:
-            c.args = tool.check_args(c.call.args)
+            device, c.args = tool.select(c.call.args)
         except ArgumentError as exc:
             raise _Failed(f"invalid arguments, nothing was done: {exc}") from None
         try:
             self.authority.check(tool.spec, c.call)
         except Refusal as refusal:
             raise _Failed(str(refusal), status=refusal.status) from None
+        if why := device.gone or self._offline(device):
+            raise _Failed(f"{why}; nothing was sent", status="unavailable")
+        c.tool = tool = device
         if tool.read_topic is not None:
             if self.link.connected:  # right after a (re)connect the retained readings are on their way
                 await self.link.wait_settled(SETTLE_WAIT)
@@ -352,6 +356,16 @@ class Engine:
             raise _Failed(str(result.get("error", "failed")))
         return {"ok": True, **result}
 
+    def _offline(self, tool: Tool) -> str | None:
+        """Why the device says it cannot be reached now, from the last message on its availability topic."""
+        spec = tool.availability
+        msg = self.link.last(spec.topic) if spec is not None else None
+        if spec is None or msg is None:
+            return None
+        value = msg.value()
+        said = _path(value, spec.field) if spec.field else value
+        return f"the device reports itself offline on {spec.topic}" if said == spec.offline else None
+
     def _read(self, tool: Tool, args: dict[str, Any]) -> dict[str, Any]:
         assert tool.read_topic is not None and tool.spec.read is not None
         spec = tool.spec.read
@@ -408,7 +422,7 @@ class Engine:
         cid = c.call.id
         if not c.published:
             return CancelReport(cid, "not_published", "nothing had been published")
-        tool = self.registry.get(c.call.name)
+        tool = c.tool
         if tool is None or not tool.undo:
             return CancelReport(cid, "no_undo", "the publish had gone out and this tool has no undo")
         try:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
+from pydantic import ValidationError
 
 from ..schema import topic_problem
 from ..yamlsrc import suggest
 from . import template as tpl
-from .spec import STRING_MAX_LENGTH, Param, Publish, ToolSpec
+from .spec import STRING_MAX_LENGTH, Availability, Param, Publish, ToolSpec
 
 MAX_TOPIC_COMBINATIONS = 10_000
 
@@ -48,6 +49,7 @@ class CompiledPublish:
     payload: tpl.Node
     qos: int
     retain: bool
+    when: str | None = None  # sent only when this argument is given
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,30 @@ class Tool:
     schema: dict[str, Any]
     defaults: dict[str, Any]
     _validator: jsonschema.Draft202012Validator = field(repr=False)
+    variants: dict[str, Tool] = field(default_factory=dict)  # device name → its own tool (`devices:`)
+    availability: Availability | None = None  # a device's: where it says it is offline
+    gone: str | None = None  # why a device's calls fail now (it left the discovery data it came from)
+    source: str | None = None  # a device's: where it was found
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def select(self, args: Any) -> tuple[Tool, dict[str, Any]]:
+        """The tool that runs this call and its checked arguments: the named device's own tool, checked against
+        that device's parameters and ranges, for a tool with `devices:`; else this tool."""
+        if not self.variants:
+            return self, self.check_args(args)
+        self._validate(args)
+        chooser = self.spec.device_parameter
+        assert chooser is not None
+        device = self.variants[args[chooser]]
+        rest = {k: v for k, v in args.items() if k != chooser}
+        refused = sorted(set(rest) - set(device.spec.parameters))
+        if refused:
+            takes = ", ".join(device.spec.parameters) or "nothing else"
+            raise ArgumentError([f"{args[chooser]} cannot take {', '.join(refused)} (it takes {takes})"])
+        return device, device.check_args(rest)
 
     def declaration(self) -> dict[str, Any]:
         """Transport-neutral function declaration: the live layer turns it into Gemini's form."""
@@ -89,14 +111,7 @@ class Tool:
     def check_args(self, args: Any) -> dict[str, Any]:
         """Validated arguments with defaults applied and maps resolved: what templates render from.
         Raises ArgumentError listing every problem."""
-        if not isinstance(args, Mapping):
-            raise ArgumentError([f"arguments must be an object, not {type(args).__name__}"])
-        problems = [describe_error(e) for e in sorted(self._validator.iter_errors(dict(args)), key=lambda e: e.path)]
-        for key, value in args.items():
-            if isinstance(value, str) and any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
-                problems.append(f"{key}: contains control characters")
-        if problems:
-            raise ArgumentError(problems)
+        self._validate(args)
         out: dict[str, Any] = {}
         for name, param in self.spec.parameters.items():
             value = args.get(name, self.defaults.get(name))
@@ -104,15 +119,32 @@ class Tool:
                 continue
             if param.type == "integer":
                 value = int(value)
+            if param.scale is not None:
+                value = round(value * param.scale) if param.type == "integer" else value * param.scale
             if param.map is not None:
                 value = param.map[value]
             out[name] = value
         return out
 
+    def _validate(self, args: Any) -> None:
+        if not isinstance(args, Mapping):
+            raise ArgumentError([f"arguments must be an object, not {type(args).__name__}"])
+        problems = [describe_error(e) for e in sorted(self._validator.iter_errors(dict(args)), key=lambda e: e.path)]
+        for key, value in args.items():
+            if isinstance(value, str) and any(unicodedata.category(c) in ("Cc", "Cs") for c in value):
+                problems.append(f"{key}: contains control characters")
+        wanted = self.spec.any_of
+        if wanted and not any(args.get(name) is not None for name in wanted):
+            problems.append(f"give at least one of {', '.join(wanted)}")
+        if problems:
+            raise ArgumentError(problems)
+
     def render_publishes(self, items: Sequence[CompiledPublish], env: tpl.Env) -> list[RenderedPublish]:
         """Render and re-check every message before the first goes out, so a call is all or nothing."""
         out = []
         for item in items:
+            if item.when is not None and env.args.get(item.when) is None:
+                continue
             topic = tpl.render_text(item.topic, env)
             if topic not in self.topics:  # cannot happen after load-time checks; a second lock on the door
                 raise ArgumentError([f"refusing to publish to undeclared topic '{_short(topic)}'"])
@@ -215,7 +247,8 @@ class _Checker:
             self.fail(where, str(exc))
             return None
 
-    def node(self, raw: Any, where: tuple[Any, ...], allow_previous: bool) -> tpl.Node:
+    def node(self, raw: Any, where: tuple[Any, ...], allow_previous: bool, when: str | None = None) -> tpl.Node:
+        """`when`: the argument without which this payload is not sent at all, so it may use it freely."""
         try:
             node = tpl.compile_value(raw)
         except tpl.TemplateError as exc:
@@ -223,7 +256,8 @@ class _Checker:
             return None
         for path, t in tpl.walk(node, where):
             for ref in t.refs():
-                self.check_ref(ref, path, allow_previous, droppable=t.whole is not None and _in_mapping(path, where))
+                droppable = ref.name == when or (t.whole is not None and _in_mapping(path, where))
+                self.check_ref(ref, path, allow_previous, droppable=droppable)
         return node
 
     def check_ref(self, ref: tpl.Ref, where: tuple[Any, ...], allow_previous: bool, droppable: bool) -> None:
@@ -261,6 +295,8 @@ class _Checker:
                     f"topic placeholder {ref} must take an enum or map parameter, so the set of topics is fixed "
                     f"when the config loads ('{ref.name}' is a free {param.type})",
                 )
+            elif any(isinstance(v, dict) for v in param.values):
+                self.fail(where, f"topic placeholder {ref} takes a map whose values are objects, not topic text")
             elif ref.name not in self.spec.required and self.defaults.get(ref.name) is None:
                 self.fail(where, f"topic placeholder {ref} needs a required parameter or one with a default")
             elif ref.fallback is not None or ref.path:
@@ -288,11 +324,14 @@ class _Checker:
     def publishes(self, items: list[Publish], where: tuple[Any, ...], allow_previous: bool):
         compiled, topics = [], set()
         for i, item in enumerate(items):
+            if item.when is not None and item.when not in self.spec.parameters:
+                hint = suggest(item.when, self.spec.parameters)
+                self.fail((*where, i, "when"), f"unknown parameter '{item.when}'{hint}")
             topic, concrete = self.topic(item.topic, (*where, i, "topic"))
-            payload = self.node(item.payload, (*where, i, "payload"), allow_previous)
+            payload = self.node(item.payload, (*where, i, "payload"), allow_previous, item.when)
             topics |= concrete
             if topic is not None:
-                compiled.append(CompiledPublish(topic, payload, item.qos, item.retain))
+                compiled.append(CompiledPublish(topic, payload, item.qos, item.retain, item.when))
         return compiled, topics
 
 
@@ -303,6 +342,8 @@ def _in_mapping(path: tuple[Any, ...], base: tuple[Any, ...]) -> bool:
 
 def compile_tool(spec: ToolSpec, room: str | None = None) -> Tool:
     """`room` is the satellite's assistant.room, for parameters with `scope: room`."""
+    if spec.devices is not None:
+        return _compile_devices(spec, room)
     defaults = effective_defaults(spec, room)
     c = _Checker(spec, defaults)
     publishes, topics = c.publishes(spec.publish or [], ("publish",), allow_previous=False)
@@ -342,6 +383,63 @@ def compile_tool(spec: ToolSpec, room: str | None = None) -> Tool:
         watched=frozenset(watched),
         schema=schema,
         _validator=jsonschema.Draft202012Validator(schema),
+    )
+
+
+def _compile_devices(spec: ToolSpec, room: str | None) -> Tool:
+    """A tool that chooses among devices: what the model sees is the tool's own parameters (the chooser's enum
+    being the device names); each device compiles as a tool of its own, narrowed to what that device takes."""
+    assert spec.devices is not None and spec.device_parameter is not None
+    problems: list[tuple[tuple[Any, ...], str]] = []
+    variants: dict[str, Tool] = {}
+    for name, device in spec.devices.items():
+        where: tuple[Any, ...] = ("devices", name)
+        params: dict[str, Param] = {}
+        for pname, override in device.parameters.items():
+            merged = {**spec.parameters[pname].model_dump(exclude_none=True), **(override or {})}
+            if "map" in (override or {}):
+                merged.pop("enum", None)  # the device's own words, a subset of the tool's
+            try:
+                params[pname] = Param.model_validate(merged)
+            except ValidationError as exc:
+                problems += [((*where, "parameters", pname), e["msg"]) for e in exc.errors()]
+        if any(w[:2] == where for w, _ in problems):
+            continue
+        own = spec.model_copy(update={
+            "devices": None, "device_parameter": None, "any_of": None, "parameters": params,
+            "required": [r for r in spec.required if r in params],
+            "publish": device.publish, "confirm": device.confirm, "read": device.read, "undo": device.undo,
+        })  # fmt: skip
+        try:
+            variant = compile_tool(own, room)
+        except SpecError as exc:
+            problems += [((*where, *w), m) for w, m in exc.problems]
+            continue
+        variant.source = device.source
+        if device.availability is not None:
+            variant.availability = device.availability
+            variant.watched = variant.watched | {device.availability.topic}
+        variants[name] = variant
+    if problems:
+        raise SpecError(problems)
+    chooser = spec.parameters[spec.device_parameter].model_copy(update={"enum": list(spec.devices), "map": None})
+    facing = spec.model_copy(update={"parameters": {**spec.parameters, spec.device_parameter: chooser}})
+    defaults = effective_defaults(facing, room)
+    schema = tool_schema(facing, defaults)
+    return Tool(
+        spec=facing,
+        defaults=defaults,
+        publishes=[],
+        undo=[],
+        confirm_topic=None,
+        confirm_expect=None,
+        state_topic=None,
+        read_topic=None,
+        topics=frozenset().union(*(v.topics for v in variants.values())),
+        watched=frozenset().union(*(v.watched for v in variants.values())),
+        schema=schema,
+        _validator=jsonschema.Draft202012Validator(schema),
+        variants=variants,
     )
 
 

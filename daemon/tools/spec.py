@@ -17,6 +17,8 @@ from ..yamlsrc import suggest
 Scheduling = Literal["SILENT", "WHEN_IDLE", "INTERRUPT"]
 Behavior = Literal["BLOCKING", "NON_BLOCKING"]
 Scalar = StrictStr | StrictInt | StrictFloat
+# A map may turn a spoken name into a small JSON object for a payload (a colour as {"x": .., "y": ..}); never a topic.
+MapValue = Scalar | dict[str, Scalar]
 
 NAME_RE = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 STRING_MAX_LENGTH = 256  # default cap on any string argument; a spec may lower it or raise it to HARD_MAX_LENGTH
@@ -29,8 +31,11 @@ class Param(StrictModel):
     type: Literal["string", "integer", "number", "boolean"]
     description: str | None = None
     enum: list[Scalar] | None = Field(default=None, min_length=1)
-    map: dict[str, Scalar] | None = Field(
+    map: dict[str, MapValue] | None = Field(
         default=None, min_length=1, description="spoken name → device value; the names form the enum"
+    )
+    scale: StrictInt | StrictFloat | None = Field(
+        default=None, gt=0, description="the device gets the argument × scale (rounded for integers): 0-100 % → 0-254"
     )
     minimum: StrictInt | StrictFloat | None = None
     maximum: StrictInt | StrictFloat | None = None
@@ -51,8 +56,8 @@ class Param(StrictModel):
         if self.map is not None and self.enum is not None:
             raise ValueError("give either enum or map: the map's names already form the enum")
         numeric = self.type in ("integer", "number")
-        if (self.minimum is not None or self.maximum is not None) and not numeric:
-            raise ValueError("minimum/maximum are for integer and number parameters")
+        if (self.minimum is not None or self.maximum is not None or self.scale is not None) and not numeric:
+            raise ValueError("minimum/maximum/scale are for integer and number parameters")
         if self.minimum is not None and self.maximum is not None and self.minimum > self.maximum:
             raise ValueError("minimum is greater than maximum")
         if (self.pattern or self.minLength is not None or self.maxLength is not None) and self.type != "string":
@@ -102,6 +107,7 @@ class Publish(StrictModel):
     payload: Any = Field(default=None, description="mapping/list → JSON, string → raw text, null → empty")
     qos: Literal[0, 1, 2] = 1
     retain: bool = False
+    when: str | None = Field(default=None, description="sent only when this argument is given (one topic per feature)")
 
 
 class Confirm(StrictModel):
@@ -155,6 +161,34 @@ class SchedulingSpec(StrictModel):
         return self.success if outcome == "success" else self.error
 
 
+class Availability(StrictModel):
+    """Where a device says whether it is reachable: a call to it fails at once while it says it is not."""
+
+    topic: str = Field(min_length=1)
+    offline: Scalar | StrictBool = Field(description="the payload, or the field value at `field`, meaning offline")
+    field: str | None = Field(default=None, description="dotted path in a JSON payload; default: the whole payload")
+
+
+class Device(StrictModel):
+    """One device behind a tool that chooses among devices (`devices:`): the arguments it takes, each narrowed to
+    its own range or values, and its own action. A call naming it is checked against these before anything is sent."""
+
+    parameters: dict[str, dict[str, Any] | None] = Field(
+        default_factory=dict, description="the tool's parameters this device takes; null: as the tool declares it"
+    )
+    publish: list[Publish] | None = None
+    confirm: Confirm | None = None
+    read: Read | None = None
+    undo: Undo | None = None
+    source: str | None = Field(default=None, description="where it was found (shown by livehome tools)")
+    availability: Availability | None = None
+
+    @field_validator("publish", mode="before")
+    @classmethod
+    def _wrap(cls, v: Any) -> Any:
+        return _one_or_many(v)
+
+
 class ToolSpec(StrictModel):
     name: str = Field(pattern=NAME_RE, description="letters, digits and _, at most 64")
     description: str = Field(min_length=1, description="what the model reads to decide when to call it")
@@ -172,6 +206,13 @@ class ToolSpec(StrictModel):
     confirm: Confirm | None = None
     read: Read | None = None
     undo: Undo | None = None
+    any_of: list[str] | None = Field(default=None, description="a call must give at least one of these arguments")
+    device_parameter: str | None = Field(
+        default=None, description="with devices: the parameter that names the device (its enum is their names)"
+    )
+    devices: dict[str, Device] | None = Field(
+        default=None, description="device name → what it takes and does; instead of the tool's own action"
+    )
 
     @field_validator("publish", mode="before")
     @classmethod
@@ -188,11 +229,40 @@ class ToolSpec(StrictModel):
 
     @model_validator(mode="after")
     def _shape(self) -> ToolSpec:
-        if (self.publish is None) == (self.read is None):
-            raise ValueError("a tool has exactly one action: publish (optionally with confirm/undo) or read")
-        if self.read is not None and (self.confirm or self.undo):
-            raise ValueError("confirm and undo go with publish, not with read")
-        for name in self.required:
-            if name not in self.parameters:
-                raise ValueError(f"required names unknown parameter '{name}'{suggest(name, self.parameters)}")
+        for field_name, names in (("required", self.required), ("any_of", self.any_of or [])):
+            for name in names:
+                if name not in self.parameters:
+                    raise ValueError(f"{field_name} names unknown parameter '{name}'{suggest(name, self.parameters)}")
+        if self.devices is not None:
+            return self._devices_shape()
+        if self.device_parameter is not None:
+            raise ValueError("device_parameter goes with devices:")
+        _one_action(self)
         return self
+
+    def _devices_shape(self) -> ToolSpec:
+        if self.publish or self.read or self.confirm or self.undo:
+            raise ValueError("with devices:, each device has its own publish/read; the tool has none")
+        if not self.devices:
+            raise ValueError("devices: needs at least one device")
+        chooser = self.parameters.get(self.device_parameter or "")
+        if chooser is None or chooser.type != "string" or self.device_parameter not in self.required:
+            raise ValueError("devices: needs device_parameter, a required string parameter naming the device")
+        if chooser.choices is not None and set(chooser.choices) != set(self.devices):
+            raise ValueError(f"{self.device_parameter}: its values must be exactly the device names")
+        for name, device in self.devices.items():
+            _one_action(device, f"device '{name}': ")
+            for param in device.parameters:
+                if param not in self.parameters or param == self.device_parameter:
+                    raise ValueError(
+                        f"device '{name}' takes '{param}', which is not one of the tool's other parameters"
+                        f"{suggest(param, self.parameters)}"
+                    )
+        return self
+
+
+def _one_action(spec: ToolSpec | Device, who: str = "") -> None:
+    if (spec.publish is None) == (spec.read is None):
+        raise ValueError(f"{who}a tool has exactly one action: publish (optionally with confirm/undo) or read")
+    if spec.read is not None and (spec.confirm or spec.undo):
+        raise ValueError(f"{who}confirm and undo go with publish, not with read")
