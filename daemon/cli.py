@@ -55,6 +55,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"OK: {args.config}: {len(reg.tools)} tools, {len(reg.topics)} topics they may publish to, "
         f"{len(reg.watched)} state topics watched"
     )
+    for source in loaded.sources:
+        print(f"  plus the tools discovered on {source.where} once the broker is reached (livehome discover)")
     model = loaded.model
     known = "its profile" if model.known else "not in livehome's table, a conservative profile"
     print(f"  model {loaded.config.gemini.model} ({known}): {model.note}")

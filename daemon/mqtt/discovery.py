@@ -107,7 +107,8 @@ def discovery(config: Config) -> dict[str, dict[str, Any]]:
             "event_types": list(EVENT_TYPES),
         },
     }
-    entities.update(_controls(t, a.commands))
+    discovers = any(isinstance(tool, dict) and "discover" in tool for tool in config.tools)
+    entities.update(_controls(t, [c for c in a.commands if c != "refresh" or discovers]))
     return {
         f"{a.discovery_prefix}/{component}/{uid}_{key}/config": {"unique_id": f"{uid}_{key}", **common, **fields}
         for (component, key), fields in entities.items()
@@ -147,6 +148,10 @@ def _controls(t: Topics, enabled: list[str]) -> dict[tuple[str, str], dict[str, 
         out["button", "reload"] = {"name": "Reload configuration", "command_topic": t.command,
                                    "payload_press": json.dumps({"command": "reload"}), "entity_category": "config",
                                    "icon": "mdi:reload"}
+    if "refresh" in enabled:  # only with discover: sources; new devices become reachable only this way
+        out["button", "refresh"] = {"name": "Refresh devices", "command_topic": t.command,
+                                    "payload_press": json.dumps({"command": "refresh"}), "entity_category": "config",
+                                    "icon": "mdi:devices"}
     return out  # fmt: skip
 
 

@@ -14,9 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from ..schema import StrictModel, topic_problem
-from .found import COLOURS, DEFAULT_KINDS, KINDS, SENSITIVE_KINDS, TEMPERATURES, Found
+from .found import COLOURS, DEFAULT_KINDS, KINDS, SENSITIVE_KINDS, TEMPERATURES, Found, Kind
 
-Kind = Literal["light", "switch", "cover", "climate", "sensor", "binary_sensor", "fan", "lock", "alarm", "garage"]
 MAX_DEVICES_PER_TOOL = 200
 MAX_NAME = 100
 MAX_DESCRIPTION = 2000

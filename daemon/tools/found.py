@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import colorsys
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 # What each kind of device becomes, and the kinds that act on a home's safety: these are never found unless the
 # user names the device in `allow:` exactly, and then the tool needs a spoken yes.
-KINDS = ("light", "switch", "cover", "climate", "sensor", "binary_sensor", "fan", "lock", "alarm", "garage")
+Kind = Literal["light", "switch", "cover", "climate", "sensor", "binary_sensor", "fan", "lock", "alarm", "garage"]
+KINDS: tuple[str, ...] = get_args(Kind)
 DEFAULT_KINDS = ("light", "switch", "cover", "climate", "sensor", "binary_sensor", "fan")
 SENSITIVE_KINDS = ("lock", "alarm", "garage")
 
