@@ -117,8 +117,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
         def ignore_aliases(self, data: Any) -> bool:
             return True
 
+    if not built.tools:
+        print("# nothing usable found: is the base_topic (or discovery prefix) right, and is discovery on?")
     print(yaml.dump({"tools": built.tools}, Dumper=Plain, sort_keys=False, allow_unicode=True, width=110), end="")
-    return 0 if built.tools else 1
+    return 0
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
