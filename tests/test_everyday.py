@@ -64,15 +64,22 @@ turns:
 """
 
 
-async def test_a_timer_rings_after_the_conversation_and_is_announced(tmp_path: Path, broker: Broker) -> None:
-    scenario = tmp_path / "timer.yaml"
-    scenario.write_text(TIMER)
-    extra = f"builtins: {{ring_for: 1s}}\nassistant: {{state_dir: {tmp_path / 'state'}}}\n"
-    async with running_daemon(tmp_path, broker, scenario, input=mic(tmp_path, silence(14.0)), extra=extra) as run:
+async def asked(tmp_path: Path, broker: Broker, scenario: str, text: str, seconds: float, extra: str) -> Running:
+    """The daemon run until its microphone file ends, after one text turn."""
+    path = tmp_path / "scenario.yaml"
+    path.write_text(scenario)
+    extra += f"assistant: {{state_dir: {tmp_path / 'state'}}}\n"
+    async with running_daemon(tmp_path, broker, path, input=mic(tmp_path, silence(seconds)), extra=extra) as run:
         await run.until(lambda: run.trace.of("ready"))
-        await run.daemon.start_conversation("set a pasta timer for three seconds")
+        await run.daemon.start_conversation(text)
         assert await asyncio.wait_for(run.task, 60) == 0
     run.sim.assert_clean()
+    return run
+
+
+async def test_a_timer_rings_after_the_conversation_and_is_announced(tmp_path: Path, broker: Broker) -> None:
+    run = await asked(tmp_path, broker, TIMER, "set a pasta timer for three seconds", 14.0,
+                      "builtins: {ring_for: 1s}\n")  # fmt: skip
     assert run.sim.finished
     [answer] = run.sim.tool_responses
     assert answer.response["status"] == "set" and answer.response["timer"]["label"] == "pasta"
@@ -143,14 +150,7 @@ turns:
 
 
 async def test_timers_are_listed_and_cancelled(tmp_path: Path, broker: Broker) -> None:
-    scenario = tmp_path / "timers.yaml"
-    scenario.write_text(TIMERS)
-    extra = f"assistant: {{state_dir: {tmp_path / 'state'}}}\n"
-    async with running_daemon(tmp_path, broker, scenario, input=mic(tmp_path, silence(8.0)), extra=extra) as run:
-        await run.until(lambda: run.trace.of("ready"))
-        await run.daemon.start_conversation("timers please")
-        assert await asyncio.wait_for(run.task, 60) == 0
-    run.sim.assert_clean()
+    run = await asked(tmp_path, broker, TIMERS, "timers please", 8.0, "")
     answers = {r.id: r.response for r in run.sim.tool_responses}
     assert sorted(t["label"] for t in answers["l1"]["timers"]) == ["bedtime", "eggs"]
     assert [t["label"] for t in answers["c"]["timers"]] == ["eggs"]
