@@ -363,7 +363,7 @@ class Engine:
         if spec is None or msg is None:
             return None
         value = msg.value()
-        said = _path(value, spec.field) if spec.field else value
+        said = _path(value, spec.field) if spec.field and isinstance(value, dict) else value  # or the bare word
         return f"the device reports itself offline on {spec.topic}" if said == spec.offline else None
 
     def _read(self, tool: Tool, args: dict[str, Any]) -> dict[str, Any]:

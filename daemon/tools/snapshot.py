@@ -9,6 +9,7 @@ logged (and stays unreachable), and a device that disappears makes its calls fai
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -28,6 +29,7 @@ log = logger(__name__)
 
 DISCOVERY_MAX_BYTES = 4 * 1024 * 1024  # zigbee2mqtt's device list: about 6 kB a device, so room for ~600
 MAX_CONFIGS = 5000  # Home Assistant discovery configs kept per source
+LOOK_AFTER = 0.5  # seconds of quiet after a change before it is looked at
 
 
 class Snapshots:
@@ -40,6 +42,7 @@ class Snapshots:
         self.built: Built | None = None
         self.tools: list[Tool] = []
         self._told: set[tuple[int, str]] = set()
+        self._look: asyncio.TimerHandle | None = None
         for index, source in enumerate(self.sources):
             for topic_filter in source.filters:
                 if source.discover == "zigbee2mqtt":
@@ -98,13 +101,13 @@ class Snapshots:
             notes += skipped
         return out, notes
 
-    def present(self, index: int, key: str) -> bool:
+    def present(self, index: int) -> set[str]:
+        """The keys of what the source's data holds now (friendly names, config topics)."""
         if self.sources[index].discover == "homeassistant":
-            return key in self.configs[index]
+            return set(self.configs[index])
         devices = self.devices.get(index)
-        return isinstance(devices, list) and any(
-            isinstance(d, dict) and d.get("friendly_name") == key and not d.get("disabled") for d in devices
-        )
+        return {d["friendly_name"] for d in devices if isinstance(d, dict) and isinstance(d.get("friendly_name"), str)
+                and not d.get("disabled")} if isinstance(devices, list) else set()  # fmt: skip
 
     # ---- snapshots -------------------------------------------------------------------------------------------
 
@@ -119,8 +122,16 @@ class Snapshots:
         return tools, built
 
     def _changed(self) -> None:
+        """After the snapshot, a change is looked at once the data has been quiet for a moment: a broker
+        handing over thousands of configs again (Home Assistant restarting) costs one look, not thousands."""
         if self.built is None:
             return
+        if self._look is not None:
+            self._look.cancel()
+        self._look = asyncio.get_running_loop().call_later(LOOK_AFTER, self._look_again)
+
+    def _look_again(self) -> None:
+        self._look = None
         self._mark_gone()
         found, _ = self.found()
         for index, item in found:
@@ -131,11 +142,12 @@ class Snapshots:
 
     def _mark_gone(self) -> None:
         assert self.built is not None
+        present = {index: self.present(index) for index in range(len(self.sources))}
         for tool in self.tools:
             for device, variant in tool.variants.items():
                 index, key = self.built.keys[(tool.name, device)]
                 where = self.sources[index].where
-                variant.gone = None if self.present(index, key) else (
+                variant.gone = None if key in present[index] else (
                     f"{device} is no longer in {where}: it was removed after the tools were made (refresh to update "
                     "them)"
                 )
