@@ -441,7 +441,7 @@ def test_the_extractor_reads_what_a_shell_would_run() -> None:
 @pytest.mark.parametrize("command", [
     "livehome check --confg config.yaml",  # a misspelt option: argparse's usage error
     "livehome call --config config.yaml set_light room=kitchen state=ON",  # the pack's parameter is `light`
-    "livehome simulate lights_of --port 8765",  # a long-running command that never starts
+    "livehome simulate lights_of --port 8765 --state-dir ~/sim",  # a long-running command that never starts
 ], ids=["usage", "stale-parameter", "never-ready"])  # fmt: skip
 async def test_a_broken_example_is_caught(command: str, tmp_path: Path, broker: Broker) -> None:
     """The checks above can fail: what an outdated README line would do is reported, not passed."""
