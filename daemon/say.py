@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from .audio.outputs import NullSink, WavSink
+from .config import EX_CONFIG
 from .events import Event, ToolFinished
 from .live.client import SetupError, api_key
 from .live.session import LiveSession
@@ -22,7 +23,7 @@ EX_UNAVAILABLE = 69  # sysexits.h: the broker or the service could not be reache
 
 async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None, out: TextIO = sys.stdout) -> int:
     """Exit 0 only when the conversation ended well and every tool call succeeded; 69 when the broker was
-    unreachable, 1 when a tool failed or the conversation failed."""
+    unreachable, 1 when a tool failed or the conversation failed, 78 (as `check` and `run`) without an API key."""
     trace = Trace(out)
     failed: list[ToolFinished] = []
 
@@ -34,7 +35,7 @@ async def say(loaded: Loaded, text: str, output: Path | None, idle: float | None
         key = api_key(loaded.config.gemini)
     except SetupError as exc:
         print(f"livehome say: {exc}", file=sys.stderr)
-        return 1
+        return EX_CONFIG
     conversation = loaded.config.conversation
     if idle is not None:
         conversation = conversation.model_copy(update={"idle_timeout": idle})

@@ -23,14 +23,14 @@ turns:
   - name: light on
     on: {speech: true}
     steps:
-      - tool_call: {id: on-1, name: set_light, args: {room: kitchen, state: "ON"}}
+      - tool_call: {id: on-1, name: set_light, args: {light: kitchen, state: "ON"}}
       - await_tools: [on-1]
       - say: Done.
       - turn_complete
   - name: light off
     on: {speech: true}
     steps:
-      - tool_call: {id: off-1, name: set_light, args: {room: kitchen, state: "OFF"}}
+      - tool_call: {id: off-1, name: set_light, args: {light: kitchen, state: "OFF"}}
       - await_tools: [off-1]
       - say: Done.
       - turn_complete
@@ -172,7 +172,7 @@ description: a conversation during which the config is reloaded
 turns:
   - on: {speech: true}
     steps:
-      - tool_call: {id: on-1, name: set_light, args: {room: kitchen, state: "ON"}}
+      - tool_call: {id: on-1, name: set_light, args: {light: kitchen, state: "ON"}}
       - await_tools: [on-1]
       - say: Done.
       - turn_complete

@@ -128,6 +128,15 @@ def test_call_and_say_exit_non_zero_when_the_broker_is_down(tmp_path: Path) -> N
     assert say.returncode == 69 and "unreachable" in say.stderr
 
 
+def test_say_without_an_api_key_is_a_config_problem_as_in_check_and_run(tmp_path: Path) -> None:
+    """A missing key is the config's fault (78, as `check` and `run` say it), not a failed tool call (1)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(CLIMATE.format(port=1))
+    say = livehome("say", "--config", str(config), "how warm is it")
+    assert say.returncode == EX_CONFIG and "no Gemini API key" in say.stderr, say.stderr
+    assert livehome("check", "--config", str(config)).returncode == EX_CONFIG
+
+
 DISCOVERY = """
 mqtt: {{host: 127.0.0.1, port: {port}, reconnect_max: 0.5s}}
 assistant: {{id: den, discovery_prefix: homeassistant{off}}}

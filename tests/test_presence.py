@@ -174,7 +174,7 @@ async def test_state_and_events_follow_a_real_conversation(tmp_path: Path, broke
         assert (call["id"], call["name"], call["args"], call["outcome"]) == (
             "light-1",
             "set_light",
-            {"room": "kitchen", "state": "ON"},
+            {"light": "kitchen", "state": "ON"},
             "success",
         )
         assert call["latency"] > 0

@@ -446,7 +446,7 @@ description: the kitchen light, asked for by a text turn
 turns:
   - on: {text: turn on the kitchen light}
     steps:
-      - tool_call: {id: light-1, name: set_light, args: {room: kitchen, state: "ON"}}
+      - tool_call: {id: light-1, name: set_light, args: {light: kitchen, state: "ON"}}
       - await_tools: {ids: [light-1], expect: {light-1: {status: confirmed}}}
       - say: Done.
       - turn_complete

@@ -232,7 +232,7 @@ async def test_say_command_end_to_end(tmp_path: Path, broker: Broker) -> None:
         assert proc.returncode == 0, err.decode()
         for expected in (
             "you (typed): turn on the kitchen light",
-            'tool call set_light [light-1] {"room": "kitchen", "state": "ON"}',
+            'tool call set_light [light-1] {"light": "kitchen", "state": "ON"}',
             'mqtt publish z2m/kitchen_ceiling/set {"state":"ON"}',
             "answer to [light-1]: success, WHEN_IDLE",
             "model: The kitchen light is on.",

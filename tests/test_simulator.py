@@ -70,7 +70,7 @@ async def test_text_turn_tool_call_and_spoken_answer(start: Start, tmp_path: Pat
         first = await until(stream, lambda m: m.tool_call)
         assert first[0].server_content.input_transcription.text == "turn on the kitchen light"
         (call,) = first[-1].tool_call.function_calls
-        assert (call.id, call.name, call.args) == ("light-1", "set_light", {"room": "kitchen", "state": "ON"})
+        assert (call.id, call.name, call.args) == ("light-1", "set_light", {"light": "kitchen", "state": "ON"})
         await session.send_tool_response(function_responses=[answer(call)])
         reply = await until(stream, turn_complete)
     await sim.wait_finished(5)
@@ -124,7 +124,7 @@ turns:
   - on: {text: go}
     steps:
       - tool_call:
-          - {id: a, name: set_light, args: {room: hall, state: "ON"}}
+          - {id: a, name: set_light, args: {light: hall, state: "ON"}}
           - {id: b, name: run_scene, args: {scene: movie}}
       - cancel_tools: [b]
       - await_tools: {ids: [a], timeout: 5s}
@@ -226,7 +226,7 @@ async def test_go_away_then_resume_continues_the_conversation(start: Start) -> N
         stream = messages(session)
         await session.send_realtime_input(text="Turn off the kitchen light.")
         (call,) = (await until(stream, lambda m: m.tool_call))[-1].tool_call.function_calls
-        assert call.args == {"room": "kitchen", "state": "OFF"}
+        assert call.args == {"light": "kitchen", "state": "OFF"}
         await session.send_tool_response(function_responses=[answer(call)])
         await until(stream, turn_complete)
     await sim.wait_finished(5)

@@ -280,7 +280,7 @@ LIGHT_TURN = """
 turns:
   - on: {text: turn on the kitchen light}
     steps:
-      - tool_call: {id: light-1, name: set_light, args: {room: kitchen, state: "ON"}}
+      - tool_call: {id: light-1, name: set_light, args: {light: kitchen, state: "ON"}}
       - await_tools: {ids: [light-1], on_timeout: continue, timeout: 5s}
       - say: The kitchen light is on.
       - turn_complete
@@ -329,12 +329,12 @@ async def test_new_input_cancels_an_outstanding_blocking_call(start: Start) -> N
 turns:
   - on: {text: turn on the kitchen light}
     steps:
-      - tool_call: [{id: light-1, name: set_light, args: {room: kitchen}}, {id: scene-1, name: run_scene}]
+      - tool_call: [{id: light-1, name: set_light, args: {light: kitchen}}, {id: scene-1, name: run_scene}]
       - await_tools: {ids: [light-1], timeout: 5s}
   - on: {text: never mind}
     steps:
       - await_tools: [scene-1]
-      - tool_call: {id: light-2, name: set_light, args: {room: hall}}
+      - tool_call: {id: light-2, name: set_light, args: {light: hall}}
       - await_tools: {ids: [light-2], timeout: 5s}
   - on: speech
     steps: [{say: Okay.}, turn_complete]

@@ -96,7 +96,8 @@ async def zigbee_light(port: int, seen: list[dict]) -> AsyncIterator[None]:
 
 
 async def demo(workdir: Path | None = None, out: TextIO = sys.stdout) -> int:
-    directory = workdir or Path(tempfile.mkdtemp(prefix="livehome-demo-"))
+    # Absolute: the config written there names the simulator's CA, and a config's paths are relative to itself.
+    directory = (workdir or Path(tempfile.mkdtemp(prefix="livehome-demo-"))).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     mic, speaker = directory / "microphone.wav", directory / "speaker.wav"
     write_wav(mic, silence(1.0) + synthesize(UTTERANCE) + silence(3.0))

@@ -24,14 +24,14 @@ from tests.support.mqttworld import World, device, world
 TOOLS = """
 tools:
   - name: set_light
-    description: Switch a room's light on or off.
+    description: Switch a light on or off.
     parameters:
-      room: {type: string, map: {kitchen: kitchen_ceiling, hall: hall_lamp, bedroom: bedroom_lamp}}
+      light: {type: string, map: {kitchen: kitchen_ceiling, hall: hall_lamp, bedroom: bedroom_lamp}}
       state: {type: string, enum: [ON, OFF]}
-    required: [room, state]
-    publish: {topic: "z2m/{room}/set", payload: {state: "{state}"}}
-    confirm: {topic: "z2m/{room}", expect: {state: "{state}"}, timeout: 5s}
-    undo: {publish: {topic: "z2m/{room}/set", payload: {state: "{previous.state|OFF}"}}}
+    required: [light, state]
+    publish: {topic: "z2m/{light}/set", payload: {state: "{state}"}}
+    confirm: {topic: "z2m/{light}", expect: {state: "{state}"}, timeout: 5s}
+    undo: {publish: {topic: "z2m/{light}/set", payload: {state: "{previous.state|OFF}"}}}
   - name: run_scene
     description: Run a scene; the projector takes a while to confirm.
     parameters: {scene: {type: string, enum: [movie, dinner]}}

@@ -26,7 +26,7 @@ def live_config(
     text: bool = False,
 ) -> types.LiveConnectConfig:
     """The config a voice client would send: audio out, both transcriptions, resumption, these tools."""
-    params = {"type": "object", "properties": {"room": {"type": "string"}, "state": {"type": "string"},
+    params = {"type": "object", "properties": {"light": {"type": "string"}, "state": {"type": "string"},
                                                "scene": {"type": "string"}}}
     return types.LiveConnectConfig(
         response_modalities=["TEXT" if text else "AUDIO"],
