@@ -6,10 +6,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from .config import Config
 from .timers import Timers, when
 from .tools.engine import LocalTool
 
 STEP = 10  # "louder" / "quieter"
+
+
+def builtin_tools(
+    config: Config, timers: Timers, volume: Callable[[], int], set_volume: Callable[[int], None]
+) -> list[LocalTool]:
+    """The daemon's own tools this config turns on (`builtins:`), as `run` declares them."""
+    out = timer_tools(timers) if config.builtins.timers else []
+    if config.builtins.volume:
+        out.append(volume_tool(volume, set_volume))
+    return out
 
 
 def timer_tools(timers: Timers) -> list[LocalTool]:

@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -21,6 +22,7 @@ from .yamlsrc import ConfigError, Problem
 
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
+EX_CANTCREAT = 73
 
 log = logger(__name__)
 
@@ -134,7 +136,7 @@ def cmd_tools(args: argparse.Namespace) -> int:
 
     loaded = _load_or_exit(args.config)
     registry, _ = _with_discovered(loaded, args.wait, "tools")
-    frame = setup_frame(loaded.config.gemini, registry.declarations())
+    frame = setup_frame(loaded.config.gemini, registry.declarations() + _builtin_declarations(loaded))
     print(json.dumps(frame["setup"]["tools"], indent=2, ensure_ascii=False))
     entries = loaded.source.get("tools", []) if isinstance(loaded.source, dict) else []
     origins = {e.get("name"): f"{getattr(e, 'file', '?')}:{getattr(e, 'line', 0)}" for e in entries
@@ -144,6 +146,17 @@ def cmd_tools(args: argparse.Namespace) -> int:
         for device, variant in tool.variants.items():
             print(f"#   {device}: {variant.source or 'no source given'}", file=sys.stderr)
     return 0
+
+
+def _builtin_declarations(loaded: Loaded) -> list[dict[str, Any]]:
+    """The daemon's own tools as `run` declares them (their handlers never run here)."""
+    from .builtins import builtin_tools
+    from .state import default_state_dir
+    from .timers import Timers
+
+    state = loaded.config.assistant.state_dir or default_state_dir()
+    timers = Timers(state, lambda _: asyncio.sleep(0), lambda _: None)
+    return [t.declaration() for t in builtin_tools(loaded.config, timers, lambda: 0, lambda _: None)]
 
 
 def parse_call_args(pairs: Sequence[str]) -> dict[str, Any]:
@@ -221,7 +234,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"livehome simulate: --set {item!r} is not NAME=VALUE", file=sys.stderr)
             return EX_USAGE
         overrides[name] = value
-    args.state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        args.state_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"livehome simulate: --state-dir {args.state_dir}: {exc.strerror}", file=sys.stderr)
+        return EX_CANTCREAT
     try:
         return asyncio.run(
             serve(
@@ -404,3 +421,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `livehome tools | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from .audio.earcons import chime, error_earcon, ring
 from .audio.frames import OUTPUT_RATE, output_seconds
 from .audio.speech import spoken
-from .builtins import timer_tools, volume_tool
+from .builtins import builtin_tools
 from .config import Config
 from .events import Announced, Emit, Refused, TimerRinging, TimersChanged
 from .logs import logger
@@ -87,11 +87,7 @@ class Household:
         self.host.settings_changed()
 
     def tools(self) -> list[LocalTool]:
-        builtins = self.config.builtins
-        out = timer_tools(self.timers) if builtins.timers else []
-        if builtins.volume:
-            out.append(volume_tool(lambda: self.volume, self.set_volume))
-        return out
+        return builtin_tools(self.config, self.timers, lambda: self.volume, self.set_volume)
 
     # ---- refusals -----------------------------------------------------------------------------------------
 

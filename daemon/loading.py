@@ -105,7 +105,7 @@ def check_model(config: Config, specs: list[tuple[int, ToolSpec]], raw: Any) -> 
     name = f"model {gemini.model}"
     if "language" in gemini.model_fields_set and gemini.language and not model.language_code:
         at(("gemini", "language"), f"{name} chooses the language itself and refuses an explicit one; remove it",
-           problems)
+           found)
     for key, supported in (("affective_dialog", model.affective_dialog), ("proactive_audio", model.proactive_audio)):
         if getattr(gemini, key) is not None and not supported:
             at(("gemini", key), f"{name} does not take {key} (even set to false, the service refuses it)", found)

@@ -263,6 +263,18 @@ def test_tools_cli_prints_the_wire_declarations() -> None:
     assert decls["set_light"]["parameters"]["properties"]["light"]["enum"] == ["kitchen", "living room", "bedroom"]
     assert decls["set_light"]["parameters"]["required"] == ["light", "state"]
     assert "end_conversation" in decls
+    assert {"set_timer", "list_timers", "cancel_timer", "set_volume"} <= set(decls)  # as `run` declares them
+    assert "# set_light: " in out.stderr and "zigbee2mqtt.yaml:" in out.stderr  # where it came from
+
+
+def test_cli_reads_cleanly_into_a_pipe_and_names_a_bad_folder(tmp_path: Path) -> None:
+    # `true` reads nothing and is gone before the declarations are written: the pipe is closed under them.
+    piped = subprocess.run(f"{sys.executable} -m daemon tools --config {ROOT / 'config.yaml'} | true",
+                           shell=True, capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
+    bad = run_cli("simulate", "lights_on", "--state-dir", "/dev/null/sim")
+    assert bad.returncode == 73
+    assert bad.stderr.strip() == "livehome simulate: --state-dir /dev/null/sim: Not a directory"
 
 
 def test_call_cli_runs_a_tool_and_times_it(tmp_path: Path, broker: Broker) -> None:

@@ -87,10 +87,12 @@ def test_check_refuses_what_the_model_cannot_honour(tmp_path: Path) -> None:
 
 
 def test_check_warns_on_an_unknown_model_and_goes_on(tmp_path: Path) -> None:
-    loaded = load(write(tmp_path, "gemini:\n  model: gemini-9-live\ntools:" + TOOL))
+    loaded = load(write(tmp_path, "gemini:\n  model: gemini-9-live\n  language: de-DE\ntools:" + TOOL))
     [warning] = [str(w) for w in loaded.warnings if "gemini.model" in str(w)]
     assert ":2: gemini.model: 'gemini-9-live' is not a model livehome knows" in warning
     assert not loaded.model.known and not loaded.model.async_calls
+    [language] = [str(w) for w in loaded.warnings if "gemini.language" in str(w)]  # not sent, not refused
+    assert ":3: gemini.language: model gemini-9-live chooses the language itself" in language
 
 
 @pytest.mark.parametrize(
