@@ -55,7 +55,8 @@ def load(path: Path) -> Loaded:
         for index, spec in specs:
             if spec.name in DISCOVERED_TOOL_NAMES:
                 file, line = locate(raw, ("tools", index, "name"))
-                message = f"'{spec.name}' is a name discovered devices get (tools[{sources[0][0]}]); choose another"
+                message = (f"'{spec.name}' is the name the discover: source at tools[{sources[0][0]}] gives its tool; "
+                           "rename this one, or leave it out of its pack with only:")
                 problems.append(Problem(file, line, f"tools[{index}].name", message))
     for index, spec in specs:
         try:

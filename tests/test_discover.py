@@ -341,3 +341,19 @@ async def test_without_the_broker_the_discovering_commands_say_so(tmp_path: Path
         out = await asyncio.to_thread(livehome, command, "--config", config, "--wait", "1")
         assert out.returncode == 69, (command, out.stdout, out.stderr)
         assert "not reachable within 1s" in out.stderr
+
+
+def test_a_configured_tool_may_not_take_a_discovered_tools_name(tmp_path: Path) -> None:
+    from daemon.yamlsrc import ConfigError
+
+    config = tmp_path / "config.yaml"
+    config.write_text("tools:\n  - discover: zigbee2mqtt\n  - include: tasmota\n    only: [read_sensor]\n"
+                      "    vars: {sensors: {hall: tasmota_hall}}\n")
+    try:
+        load(config)
+    except ConfigError as exc:
+        problems = [str(p) for p in exc.problems]
+    else:
+        raise AssertionError("loaded")
+    assert any("'read_sensor' is the name the discover: source at tools[0] gives its tool" in p for p in problems), (
+        problems)
