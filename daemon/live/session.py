@@ -313,6 +313,7 @@ class LiveSession:
         if self.tools.outstanding:  # no socket left to answer on: finish or cancel (with undo) what is running
             await self.tools.settle(self.conversation.settle_timeout)
         self.tools.ready_responses()  # nobody to deliver them to any more
+        self.input.clear()
         duration = time.monotonic() - started
         result = SessionResult(reason, detail, self.connections, self.tool_calls, duration, self.tokens)
         self.log.info(
@@ -408,12 +409,16 @@ class LiveSession:
         except _Outcome as outcome:
             if outcome.kind == "end":
                 await self._finish(session, workers)
-            return outcome
+            return outcome.with_traceback(None)
         finally:
             self._session = None
             for task in workers.values():
                 task.cancel()
             await asyncio.gather(*workers.values(), return_exceptions=True)
+            # The outcome's traceback holds this frame, and the cancelled workers' tracebacks hold theirs: cycles
+            # through the whole connection (its 256 KiB TLS buffer included) that only a full collection frees.
+            self._outcome = None
+            workers.clear()
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._outcome is None or self._outcome.done():
