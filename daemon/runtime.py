@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import heap
 from .assembly import Devices, MqttSide, Options, open_devices, open_mqtt, warm_client
 from .audio.earcons import end_earcon, wake_earcon
 from .audio.frames import SAMPLE_RATE, AudioError, Frame, output_seconds
@@ -166,6 +167,8 @@ class Daemon:
         listener = asyncio.create_task(self._listen(), name="listen")
         if self._client is None:
             self._spawn(self._warm_up(self.loaded), "warm-up")
+        else:
+            heap.freeze()
         stopper = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait({listener, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -208,6 +211,7 @@ class Daemon:
             return
         if self.loaded is loaded and self._client is None:  # a reload may have built a newer one meanwhile
             self._client = client
+        heap.freeze()
         log.info("Live client ready")
 
     def _warm_client(self, loaded: Loaded) -> Any:
@@ -410,6 +414,7 @@ class Daemon:
                     SessionEnded(result.reason, result.detail, result.duration, result.tool_calls, result.tokens)
                 )
             self._set_phase(Phase.LISTENING)
+            heap.collect()
             if not self._stopping.is_set():
                 log.info("back to listening for %s", ", ".join(w.name for w in self.loaded.config.wake.words))
             await self._listening_again()
@@ -544,6 +549,7 @@ class Daemon:
         self.household.reconfigure(cfg)
         self.hooks.hooks = cfg.hooks
         self.loaded = new
+        heap.refreeze()
         log.info("configuration reloaded from %s", new.path)
         self._notify(Reloaded())
         self._refresh_state()
