@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench.common import Row, table  # noqa: E402
 
-BENCHES = ["tools", "live", "wake", "start"]
+BENCHES = ["tools", "live", "wake", "start", "soak"]
 PI_BENCHES = ["wake", "start"]
 
 
