@@ -49,6 +49,14 @@ def device() -> str:
     )
 
 
+def notes(results: Path) -> str:
+    """What follows the table in the current RESULTS.md (the notes, written by hand), kept by --record."""
+    lines = results.read_text().splitlines() if results.exists() else []
+    last = max((i for i, line in enumerate(lines) if line.startswith("|")), default=len(lines) - 1)
+    rest = "\n".join(lines[last + 1 :]).strip("\n")
+    return f"\n{rest}\n" if rest else ""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("names", nargs="*", help=f"some of {', '.join(BENCHES)} (default: all)")
@@ -79,7 +87,7 @@ def main() -> int:
             "# Benchmark results\n\n"
             f"Recorded {stamp} on {machine} with `./dev bench --record`. Each baseline is measured in the same run "
             "as the figure beside it; the ratio is ours ÷ baseline (lower is better; 1.0 = no overhead).\n\n"
-            f"{text}\n"
+            f"{text}\n{notes(HERE / 'RESULTS.md')}"
         )
     return 0
 
