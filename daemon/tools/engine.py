@@ -191,8 +191,16 @@ class Engine:
         are withdrawn and undone. The stopping happens now, before this returns, so a call whose task has not
         run yet never publishes; the returned task finishes the undo and reports what happened to each."""
         stopped = [self._stop(cid) for cid in ids]
-        pending = [c if isinstance(c, CancelReport) else self._settle_one(c) for c in stopped]
+        pending = [c if isinstance(c, CancelReport) else self._undo(c) for c in stopped]
         return asyncio.get_running_loop().create_task(self._report(pending), name="tool-cancel")
+
+    def _undo(self, c: _Call) -> Awaitable[CancelReport]:
+        """A call that has handed a message to the link is undone now, not after its task has unwound: it was
+        cancelled at an await, so it publishes nothing more, and what the undo needs was set before that
+        publish. One that has not published is waited for, and reports that nothing went out."""
+        if c.published:
+            return asyncio.ensure_future(self._compensate(c))
+        return self._settle_one(c)
 
     async def _report(self, pending: list[CancelReport | Awaitable[CancelReport]]) -> list[CancelReport]:
         settled = iter(await asyncio.gather(*(p for p in pending if not isinstance(p, CancelReport))))
