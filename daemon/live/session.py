@@ -454,6 +454,10 @@ class LiveSession:
                     self.log.warning("skipped a message the SDK could not read: %s", exc)
                     break
                 self._on_message(message)
+                if message.tool_call_cancellation is not None:
+                    # The undo goes out before the messages already waiting are read (~0.3 ms of SDK parsing
+                    # each). Not after a call: a cancellation in the same breath must still find it unpublished.
+                    await asyncio.sleep(0)
 
     async def _input_sender(self, session: Any) -> None:
         while True:
