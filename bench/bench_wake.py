@@ -24,6 +24,8 @@ from google.genai import types
 from bench.common import NO_BASELINE, Row, have_openwakeword, percentile
 from daemon.audio.speech import silence, synthesize
 from daemon.events import Event, WakeHeard
+from daemon.live.setup import connect_config
+from daemon.live.uplink import MAX_SEND_BYTES
 from daemon.loading import load
 from daemon.runtime import Daemon, Options
 from daemon.sim.broker import running_broker
@@ -33,7 +35,7 @@ LISTEN_SECONDS = 30.0
 SETTLE = 3.0  # after start-up (and the daemon's SDK import right after READY), before the CPU window
 WINDOW = 24.0  # CPU time is counted in clock ticks (10 ms): a long window keeps that error under 0.05 %
 ROUNDS = 2  # ours and the baseline alternate, so drift of the machine hits both alike
-WAKE_RUNS = 8
+WAKE_RUNS = 16
 KEY = "bench-key-0002"
 
 RAW_OWW = textwrap.dedent(
@@ -135,47 +137,68 @@ class WakeClock:
             self.woke.append(time.monotonic())
 
 
+async def bare_connect(sim: Simulator, config: types.LiveConnectConfig, chunk: int) -> float:
+    """The bare SDK on the same simulator and TLS: connect, send one audio chunk; seconds until the simulator
+    read its first audio byte."""
+    client = genai.Client(api_key=KEY, http_options=sim.http_options())
+    blob = types.Blob(data=bytes(chunk), mime_type="audio/pcm;rate=16000")
+    t0 = time.monotonic()
+    async with client.aio.live.connect(model="gemini-3.8-live", config=config) as session:
+        await session.send_realtime_input(audio=blob)
+        await sim.wait_until(lambda: sim.connections[-1].first_audio is not None)
+    await asyncio.sleep(0.1)  # the connection's teardown, on the simulator's side too, is not in the next figure
+    return sim.connections[-1].first_audio - t0  # type: ignore[operator]
+
+
 async def wake_to_audio(tmp: Path, broker_port: int) -> list[Row]:
+    """The wake word heard (the daemon's WakeHeard event) → the simulator reading the first audio byte, beside
+    bare SDK clients connecting to the same simulator over the same TLS, alternating: one with an empty setup
+    and an 80 ms chunk, one with the daemon's own setup (its tools) and a first chunk as big as the daemon's
+    (200 ms of pre-roll). The microphone is paced as a microphone is: a file read faster than real time kept the
+    wake word's thread scoring the rest of it through the whole connect."""
     mic = tmp / "wake.wav"
     with wave.open(str(mic), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
         w.setframerate(16000)
         w.writeframes(silence(0.5) + synthesize("hey jarvis, turn on the kitchen light") + silence(0.5))
-    ours, raw = [], []
+    scenario = tmp / "idle.yaml"
+    scenario.write_text(
+        "description: listen only\nsettings: {unexpected_input: ignore}\n"
+        "turns:\n  - on: {text: never said}\n    steps: [turn_complete]\n"
+    )
+    ours, bare, same = [], [], []
     os.environ["GEMINI_API_KEY"] = KEY
-    for i in range(WAKE_RUNS):
-        scenario = tmp / "idle.yaml"
-        scenario.write_text(
-            "description: listen only\nturns:\n  - on: {text: never said}\n    steps: [turn_complete]\n"
-        )
-        async with Simulator(scenario, state_dir=tmp / f"sim{i}", api_key=KEY) as sim:
+    async with Simulator(scenario, state_dir=tmp / "sim", api_key=KEY, loop=True) as sim:
+        for i in range(WAKE_RUNS):
             cfg = tmp / f"wake{i}.yaml"
             cfg.write_text(
                 f"gemini: {{endpoint: '{sim.url}', ca_file: '{sim.ca_file}'}}\n"
                 f"mqtt: {{host: 127.0.0.1, port: {broker_port}}}\n"
-                "audio: {input: {realtime: false}}\nconversation: {idle_timeout: 0.3s, earcons: false}\n"
+                "audio: {input: {realtime: true}}\nconversation: {idle_timeout: 0.3s, earcons: false}\n"
             )
             clock = WakeClock()
-            daemon = Daemon(load(cfg), Options(input=str(mic), output="none"))
+            loaded = load(cfg)
+            daemon = Daemon(loaded, Options(input=str(mic), output="none"))
             daemon.observers.append(clock)
             await daemon.run()
-            first = sim.connections[0].first_audio if sim.connections else None
+            first = sim.connections[-1].first_audio if daemon.sessions == 1 else None
             if not clock.woke or first is None:
                 raise RuntimeError("the wake word did not open a session in the benchmark")
             ours.append(first - clock.woke[0])
-
-            client = genai.Client(api_key=KEY, http_options=sim.http_options())
-            t0 = time.monotonic()
-            async with client.aio.live.connect(model="gemini-3.8-live", config=types.LiveConnectConfig()) as s:
-                blob = types.Blob(data=bytes(2560), mime_type="audio/pcm;rate=16000")
-                await s.send_realtime_input(audio=blob)
-                await sim.wait_until(lambda: sim.connections[-1].first_audio is not None)
-            raw.append(sim.connections[-1].first_audio - t0)  # type: ignore[operator]
+            bare.append(await bare_connect(sim, types.LiveConnectConfig(), 2560))
+            declarations = loaded.registry.declarations() + [t.declaration() for t in daemon.household.tools()]
+            same.append(await bare_connect(sim, connect_config(loaded.config.gemini, declarations), MAX_SEND_BYTES))
     ms = 1000.0
-    name = "bare SDK: connect over TLS and send one audio chunk"
-    return [Row("wake", f"wake → first audio byte on the socket, p{p}", percentile(ours, p) * ms,
-                percentile(raw, p) * ms, "ms", name) for p in (50, 90)]  # fmt: skip
+    rows = []
+    for p in (50, 90):
+        rows.append(Row("wake", f"wake → first audio byte on the socket, p{p}", percentile(ours, p) * ms,
+                        percentile(bare, p) * ms, "ms", "bare SDK: connect over TLS and send one audio chunk"))
+    for p in (50, 90):
+        rows.append(Row("wake", f"wake → first audio byte on the socket, p{p}", percentile(ours, p) * ms,
+                        percentile(same, p) * ms, "ms", "bare SDK as above, with the daemon's setup (its tools) "
+                        "and first chunk (200 ms)"))
+    return rows  # fmt: skip
 
 
 async def run() -> list[Row]:

@@ -23,7 +23,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench.common import Row, table  # noqa: E402
 
-BENCHES = ["tools", "live", "wake", "start"]
+BENCHES = ["tools", "live", "wake", "start", "soak"]
 PI_BENCHES = ["wake", "start"]
 
 
@@ -47,6 +47,14 @@ def device() -> str:
         f"{runtime} {version}, numpy {importlib.metadata.version('numpy')}, {int(mem) // 1024} MiB RAM, "
         f"{os.cpu_count()} cores"
     )
+
+
+def notes(results: Path) -> str:
+    """What follows the table in the current RESULTS.md (the notes, written by hand), kept by --record."""
+    lines = results.read_text().splitlines() if results.exists() else []
+    last = max((i for i, line in enumerate(lines) if line.startswith("|")), default=len(lines) - 1)
+    rest = "\n".join(lines[last + 1 :]).strip("\n")
+    return f"\n{rest}\n" if rest else ""
 
 
 def main() -> int:
@@ -79,7 +87,7 @@ def main() -> int:
             "# Benchmark results\n\n"
             f"Recorded {stamp} on {machine} with `./dev bench --record`. Each baseline is measured in the same run "
             "as the figure beside it; the ratio is ours ÷ baseline (lower is better; 1.0 = no overhead).\n\n"
-            f"{text}\n"
+            f"{text}\n{notes(HERE / 'RESULTS.md')}"
         )
     return 0
 

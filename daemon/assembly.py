@@ -141,11 +141,11 @@ def shared_secret(config: Config) -> bytes | None:
     return value.encode() if value else None
 
 
-def warm_client(loaded: Loaded, key: str) -> Any:
-    """The Live client, and one throw-away connect config: both cost tens of milliseconds the first time, which
-    must not be spent between the wake word and the first audio byte. At start this runs right after READY (it
-    imports the Gemini SDK)."""
-    from .live.setup import connect_config
+def warm_client(loaded: Loaded, key: str, declarations: list[dict[str, Any]] | None = None) -> Any:
+    """The Live client, the connect config of the next session and the SDK's first-use costs (daemon.live.setup
+    .warm): tens of milliseconds the first time, which must not be spent between the wake word and the first audio
+    byte. At start this runs right after READY (it imports the Gemini SDK), with the tool engine's declarations."""
+    from .live.setup import warm
 
-    connect_config(loaded.config.gemini, loaded.registry.declarations())
+    warm(loaded.config.gemini, loaded.registry.declarations() if declarations is None else declarations)
     return make_client(loaded.config.gemini, key)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import heap
 from .assembly import Devices, MqttSide, Options, open_devices, open_mqtt, warm_client
 from .audio.earcons import end_earcon, wake_earcon
 from .audio.frames import SAMPLE_RATE, AudioError, Frame, output_seconds
@@ -164,8 +165,7 @@ class Daemon:
         self._notify(Ready())
         self._refresh_state()
         listener = asyncio.create_task(self._listen(), name="listen")
-        if self._client is None:
-            self._spawn(self._warm_up(self.loaded), "warm-up")
+        self._spawn(self._warm_up(self.loaded), "warm-up")
         stopper = asyncio.create_task(self._stopping.wait())
         try:
             await asyncio.wait({listener, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -198,9 +198,9 @@ class Daemon:
         return key, client, devices
 
     async def _warm_up(self, loaded: Loaded) -> None:
-        """Right after READY: the Gemini SDK, the Live client and the session module, on a thread while the
-        daemon listens. A wake word heard before this is done waits for the import to finish, and its session
-        builds its own client."""
+        """Right after READY: the Gemini SDK, the Live client, the session module and the next session's setup
+        (daemon.live.setup.warm), on a thread while the daemon listens; then the heap is frozen (daemon.heap). A
+        wake word heard before this is done waits for the import to finish, and its session builds its own client."""
         try:
             client = await asyncio.to_thread(self._warm_client, loaded)
         except Exception as exc:  # the first session builds its own client and reports what fails there
@@ -208,12 +208,13 @@ class Daemon:
             return
         if self.loaded is loaded and self._client is None:  # a reload may have built a newer one meanwhile
             self._client = client
+        heap.freeze()
         log.info("Live client ready")
 
     def _warm_client(self, loaded: Loaded) -> Any:
         from .live import session  # noqa: F401  (imported here, off the event loop)
 
-        return warm_client(loaded, self._key)
+        return warm_client(loaded, self._key, self._mqtt.engine.declarations() if self._mqtt else None)
 
     async def _start_mqtt(self, loaded: Loaded) -> None:
         self._mqtt = await open_mqtt(loaded, self, self._notify, self.household.tools(), self._update_status)
@@ -268,7 +269,10 @@ class Daemon:
             return  # the wake word silences a ringing timer, and opens nothing
         if self.phase is Phase.LISTENING:
             self._set_phase(Phase.CLAIMING)
-            self._spawn(self._begin(det, start), "begin")
+            if self._mqtt is not None and not self._mqtt.arbiter.claim_now(det.word, det.score):
+                self._spawn(self._begin(det, start), "begin")  # a round with the other satellites first
+            elif not self._refuse_over_budget("wake"):  # alone: the session opens now, not a task later
+                self._open_session(trigger="wake", start=start, word=det.word, opened_at=time.monotonic())
         elif self.phase is Phase.CONVERSATION and self.session is not None:
             policy = self.household.policy
             if policy == "wake_word" and (self._model_audible() or self.session.model_turn):
@@ -282,19 +286,12 @@ class Daemon:
 
     async def _begin(self, det: Detection, start: int) -> None:
         heard_at = time.monotonic()
-        mqtt = self._mqtt
-        if mqtt is not None and self.loaded.config.assistant.arbitration.enabled:
-            won = await mqtt.arbiter.claim(det.word, det.score)
-            if not won:
-                log.info("another satellite answers this %s", det.word)
-                self._set_phase(Phase.LISTENING)
-                await self._listening_again()
-                return
-        if self._stopping.is_set():
-            return
-        if self._refuse_over_budget("wake"):
-            return
-        self._open_session(trigger="wake", start=start, word=det.word, opened_at=heard_at)
+        if self._mqtt is not None and not await self._mqtt.arbiter.claim(det.word, det.score):
+            log.info("another satellite answers this %s", det.word)
+            self._set_phase(Phase.LISTENING)
+            await self._listening_again()
+        elif not self._stopping.is_set() and not self._refuse_over_budget("wake"):
+            self._open_session(trigger="wake", start=start, word=det.word, opened_at=heard_at)
 
     def _refuse_over_budget(self, trigger: str) -> bool:
         if not self.household.refuse_over_budget(trigger):
@@ -410,6 +407,7 @@ class Daemon:
                     SessionEnded(result.reason, result.detail, result.duration, result.tool_calls, result.tokens)
                 )
             self._set_phase(Phase.LISTENING)
+            heap.collect()
             if not self._stopping.is_set():
                 log.info("back to listening for %s", ", ".join(w.name for w in self.loaded.config.wake.words))
             await self._listening_again()
@@ -544,6 +542,7 @@ class Daemon:
         self.household.reconfigure(cfg)
         self.hooks.hooks = cfg.hooks
         self.loaded = new
+        heap.refreeze()
         log.info("configuration reloaded from %s", new.path)
         self._notify(Reloaded())
         self._refresh_state()

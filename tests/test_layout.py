@@ -41,6 +41,7 @@ LOW = (
     "daemon.bundled",
     "daemon.state",
     "daemon.status",
+    "daemon.heap",
 )
 # Between them: the household's everyday features, built on the layers below and used by the runtime.
 MIDDLE = ("daemon.household", "daemon.hooks", "daemon.timers", "daemon.builtins")

@@ -45,7 +45,7 @@ from ..logs import logger
 from .client import SetupError, make_client
 from .closes import Verdict, judge
 from .models import profile
-from .setup import connect_config
+from .setup import prepared
 from .toolcalls import ToolCalls, ToolPort
 from .turn import Turn
 from .uplink import SPEECH_RMS, Endpointer, Uplink, rms
@@ -313,6 +313,7 @@ class LiveSession:
         if self.tools.outstanding:  # no socket left to answer on: finish or cancel (with undo) what is running
             await self.tools.settle(self.conversation.settle_timeout)
         self.tools.ready_responses()  # nobody to deliver them to any more
+        self.input.clear()
         duration = time.monotonic() - started
         result = SessionResult(reason, detail, self.connections, self.tool_calls, duration, self.tokens)
         self.log.info(
@@ -334,7 +335,7 @@ class LiveSession:
     async def _connection(self, client: Any, started: float) -> _Outcome:
         resumed = self.handle is not None
         self._emit(Connecting(resumed))
-        config = connect_config(self.gemini, self.declarations, self.handle)
+        config = prepared(self.gemini, self.declarations, self.handle)
         connect = client.aio.live.connect(model=self.gemini.model, config=config)
         opening = asyncio.ensure_future(connect.__aenter__())
         stopped = asyncio.ensure_future(self._stopped.wait())
@@ -362,10 +363,9 @@ class LiveSession:
             self.calls.connected(self.handle)
             self._connected.set()
             self.log.info("Gemini Live connected%s", " (resumed)" if resumed else "")
-            self._emit(Connected(resumed, self.connections))
             if not resumed and self.connections > 1:
                 await self._renewed(session)
-            return await self._converse(session, started)
+            return await self._converse(session, started, Connected(resumed, self.connections))
         finally:
             with contextlib.suppress(Exception):
                 await connect.__aexit__(None, None, None)
@@ -388,32 +388,37 @@ class LiveSession:
                 turns=types.Content(role="user", parts=[types.Part(text=line)]), turn_complete=False
             )
 
-    async def _converse(self, session: Any, started: float) -> _Outcome:
+    async def _converse(self, session: Any, started: float, connected: Connected) -> _Outcome:
         loop = asyncio.get_running_loop()
         self._session = session
         self._outcome = loop.create_future()
         if self._stop is not None:
             self._outcome.set_exception(self._stop)
-        workers = {
-            "receiver": loop.create_task(self._receiver(session)),
+        workers = {  # the input first: what was said with the wake word goes up before anything else runs
             "input": loop.create_task(self._input_sender(session)),
+            "receiver": loop.create_task(self._receiver(session)),
             "answers": loop.create_task(self.calls.sender(session)),
             "watchdog": loop.create_task(self._watchdog(started)),
         }
         for task in workers.values():
             task.add_done_callback(self._worker_done)
+        loop.call_soon(self._emit, connected)  # its observers (MQTT state, hooks) after the first audio
         try:
             await asyncio.shield(self._outcome)
             raise AssertionError("the outcome future only ever carries an exception")
         except _Outcome as outcome:
             if outcome.kind == "end":
                 await self._finish(session, workers)
-            return outcome
+            return outcome.with_traceback(None)
         finally:
             self._session = None
             for task in workers.values():
                 task.cancel()
             await asyncio.gather(*workers.values(), return_exceptions=True)
+            # The outcome's traceback holds this frame, and the cancelled workers' tracebacks hold theirs: cycles
+            # through the whole connection (its 256 KiB TLS buffer included) that only a full collection frees.
+            self._outcome = None
+            workers.clear()
 
     def _worker_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or self._outcome is None or self._outcome.done():
@@ -449,6 +454,10 @@ class LiveSession:
                     self.log.warning("skipped a message the SDK could not read: %s", exc)
                     break
                 self._on_message(message)
+                if message.tool_call_cancellation is not None:
+                    # The undo goes out before the messages already waiting are read (~0.3 ms of SDK parsing
+                    # each). Not after a call: a cancellation in the same breath must still find it unpublished.
+                    await asyncio.sleep(0)
 
     async def _input_sender(self, session: Any) -> None:
         while True:
@@ -475,6 +484,9 @@ class LiveSession:
             except BaseException:
                 self.input.unshift(kind, data)  # sent on the next connection
                 raise
+            # One message per turn of the loop: a backlog (the pre-roll, up to 20 s caught up after a reconnect)
+            # does not hold the receiver, tool answers and undos behind it.
+            await asyncio.sleep(0)
 
     async def _watchdog(self, started: float) -> None:
         while True:

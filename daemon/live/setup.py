@@ -4,6 +4,10 @@ the model accepts (daemon.live.models).
 The tool layer hands over transport-neutral declarations (name, description, JSON-Schema parameters, behavior);
 here they become Gemini's FunctionDeclaration, and `setup_frame` shows the exact JSON the SDK puts on the wire.
 A field the model does not support is left out, never sent as false: the service refuses it either way (1007).
+
+Between a wake word and the first audio byte nothing is built that could have been built before: the connect
+config of a new session is made once and kept (`prepared`), and `warm` runs, while the daemon listens, every
+SDK path a first connection takes (pydantic builds its serializers on first use: ~20 ms the first time).
 """
 
 from __future__ import annotations
@@ -131,6 +135,42 @@ def connect_config(
         enable_affective_dialog=affective,
         proactivity=proactivity,
         tools=[types.Tool(function_declarations=functions)],
+    )
+
+
+_prepared: tuple[Gemini, list[dict[str, Any]], types.LiveConnectConfig] | None = None
+
+
+def prepared(gemini: Gemini, declarations: list[dict[str, Any]], handle: str | None = None) -> types.LiveConnectConfig:
+    """connect_config, kept for the next session while the configuration and the tools stay the same (the SDK
+    only ever sets the system instruction's Content on it, the same each time)."""
+    global _prepared
+    if handle is not None:
+        return connect_config(gemini, declarations, handle)
+    kept = _prepared
+    if kept is not None and kept[0] is gemini and kept[1] == declarations:
+        return kept[2]
+    config = connect_config(gemini, declarations)
+    _prepared = (gemini, declarations, config)
+    return config
+
+
+def warm(gemini: Gemini, declarations: list[dict[str, Any]]) -> None:
+    """The connect config prepared, and the SDK's first-use costs paid offline: serialising the setup, reading
+    setupComplete and a server message, serialising an audio chunk."""
+    prepared(gemini, declarations)
+    setup_frame(gemini, declarations)
+    types.LiveServerMessage._from_response(response={"setupComplete": {}}, kwargs={})
+    types.LiveServerMessage._from_response(
+        response={"serverContent": {"modelTurn": {"parts": [{"inlineData": {"data": "AAAA", "mimeType": "audio/pcm"}}]},
+                                    "turnComplete": True}, "usageMetadata": {"totalTokenCount": 1}}, kwargs={}
+    )  # fmt: skip
+    blob = types.Blob(data=bytes(2560), mime_type="audio/pcm;rate=16000")
+    params = types.LiveSendRealtimeInputParameters.model_validate({"audio": blob})
+    json.dumps(
+        _common.encode_unserializable_types(
+            _common.convert_to_dict(_live_converters._LiveSendRealtimeInputParameters_to_mldev(from_object=params))
+        )
     )
 
 

@@ -171,6 +171,11 @@ class Uplink:
         self._audio_bytes -= size
         return "audio", b"".join(chunks)
 
+    def clear(self) -> None:
+        """The conversation is over: what never went up is dropped now (up to 20 s of audio)."""
+        self._items.clear()
+        self._audio_bytes = self._texts = 0
+
     @property
     def queued_audio_bytes(self) -> int:
         return self._audio_bytes

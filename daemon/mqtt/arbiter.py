@@ -151,31 +151,10 @@ class Arbiter:
 
     async def claim(self, word: str, score: float) -> bool:
         """True if this satellite should answer this wake word. Waits at most the window (never when alone)."""
-        settings = self.config.assistant.arbitration
-        if not settings.enabled:
+        if self.claim_now(word, score):
             return True
-        if not self._started:
-            raise RuntimeError("Arbiter.start() must be called before claim()")
-        if not self.link.connected:
-            log.info("MQTT broker unreachable: answering %s without asking the other satellites", word)
-            return True
-        window = float(settings.window)
-        alone = not self._peers
-        body: dict[str, Any] = {
-            "id": self.me,
-            "word": word,
-            "score": round(float(score), 4),
-            "window": window,
-            "decided": alone,
-        }
-        body = sign(body, self.secret) if self.secret else {**body, "nonce": secrets.token_hex(8)}
-        nonce = body["nonce"]
-        payload = json.dumps(body).encode()
-        self._own_nonces.append(nonce)
-        if alone:  # still told, so a satellite that sees us but that we do not see yet stands down
-            self._spawn(self._publish_quietly(payload))
-            log.debug("no other satellite online: answering %s at once", word)
-            return True
+        window = float(self.config.assistant.arbitration.window)
+        body, nonce, payload = self._claim(word, score, decided=False)
         placed: asyncio.Future[tuple[Round, bool]] = asyncio.get_running_loop().create_future()
         self._mine[nonce] = placed
         try:
@@ -205,6 +184,36 @@ class Arbiter:
         if self.report is not None:
             notify_all([self.report], StoodDown(word, float(body["score"]), winner.id, winner.score), log)
         return False
+
+    def claim_now(self, word: str, score: float) -> bool:
+        """claim() without a round, where none is needed (arbitration off, the broker unreachable, no other
+        satellite online): True, the claim announced, and the wake word's session need not wait for a task.
+        False: a round must be held (claim())."""
+        if not self.config.assistant.arbitration.enabled:
+            return True
+        if not self._started:
+            raise RuntimeError("Arbiter.start() must be called before claim()")
+        if not self.link.connected:
+            log.info("MQTT broker unreachable: answering %s without asking the other satellites", word)
+            return True
+        if self._peers:
+            return False
+        # Still told, so a satellite that sees us but that we do not see yet stands down.
+        self._spawn(self._publish_quietly(self._claim(word, score, decided=True)[2]))
+        log.debug("no other satellite online: answering %s at once", word)
+        return True
+
+    def _claim(self, word: str, score: float, decided: bool) -> tuple[dict[str, Any], str, bytes]:
+        body: dict[str, Any] = {
+            "id": self.me,
+            "word": word,
+            "score": round(float(score), 4),
+            "window": float(self.config.assistant.arbitration.window),
+            "decided": decided,
+        }
+        body = sign(body, self.secret) if self.secret else {**body, "nonce": secrets.token_hex(8)}
+        self._own_nonces.append(body["nonce"])
+        return body, body["nonce"], json.dumps(body).encode()
 
     # ---- MQTT ------------------------------------------------------------------------------------------------
 

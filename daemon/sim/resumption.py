@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .records import Call, Session
 
@@ -20,22 +20,24 @@ if TYPE_CHECKING:
 
 
 class Handles:
-    """Every handle the simulator issued, each with the session and a copy of its calls at that moment."""
+    """Every handle the simulator issued, each with the session and its calls' fields at that moment."""
 
     def __init__(self) -> None:
-        self._issued: dict[str, tuple[Session, dict[str, Call]]] = {}
+        self._issued: dict[str, tuple[Session, dict[str, dict[str, Any]]]] = {}
         self._forgotten: set[str] = set()
 
     def issue(self, session: Session) -> str:
         handle = "simh-" + secrets.token_urlsafe(18)
-        self._issued[handle] = (session, copy.deepcopy(session.calls))
+        # The calls' fields as they are now, not deep copies of the calls: this runs after every turn, while the
+        # client waits to read, and a deep copy grows with the session (2 ms after 100 calls).
+        self._issued[handle] = (session, {cid: vars(call).copy() for cid, call in session.calls.items()})
         session.latest_handle = handle
         return handle
 
     def find(self, handle: str) -> tuple[Session, dict[str, Call]] | None:
         """The session and its calls as the handle saw them (a copy), or None if unknown or forgotten."""
         found = self._issued.get(handle)
-        return (found[0], copy.deepcopy(found[1])) if found else None
+        return (found[0], {cid: Call(**copy.deepcopy(f)) for cid, f in found[1].items()}) if found else None
 
     def forget(self) -> int:
         """Forget every handle issued so far (the scenario's `forget_handles`); how many there were."""

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ from .spec import SchedulingSpec
 log = logger(__name__)
 
 ID_MEMORY = 4096  # how many call ids are remembered to refuse repeats
+ANSWERED_KEPT = 64  # answered calls kept whole, for an answer that comes back undelivered (requeue)
 STATE_INLINE_BYTES = 1024  # larger device states are cut down to the expected fields
 SETTLE_WAIT = 2.0  # how long a read may wait for the broker's retained messages after a (re)connect
 
@@ -105,6 +106,7 @@ class Engine:
         self._ready: asyncio.Queue[str] = asyncio.Queue()
         self._names: dict[str, str] = {}  # names of calls being cancelled, for their events
         self._late_cancels: set[str] = set()
+        self._answered: deque[str] = deque()
         self.authority = Authority()
         self.local: dict[str, LocalTool] = {}
 
@@ -189,8 +191,16 @@ class Engine:
         are withdrawn and undone. The stopping happens now, before this returns, so a call whose task has not
         run yet never publishes; the returned task finishes the undo and reports what happened to each."""
         stopped = [self._stop(cid) for cid in ids]
-        pending = [c if isinstance(c, CancelReport) else self._settle_one(c) for c in stopped]
+        pending = [c if isinstance(c, CancelReport) else self._undo(c) for c in stopped]
         return asyncio.get_running_loop().create_task(self._report(pending), name="tool-cancel")
+
+    def _undo(self, c: _Call) -> Awaitable[CancelReport]:
+        """A call that has handed a message to the link is undone now, not after its task has unwound: it was
+        cancelled at an await, so it publishes nothing more, and what the undo needs was set before that
+        publish. One that has not published is waited for, and reports that nothing went out."""
+        if c.published:
+            return asyncio.ensure_future(self._compensate(c))
+        return self._settle_one(c)
 
     async def _report(self, pending: list[CancelReport | Awaitable[CancelReport]]) -> list[CancelReport]:
         settled = iter(await asyncio.gather(*(p for p in pending if not isinstance(p, CancelReport))))
@@ -446,6 +456,12 @@ class Engine:
         while len(self._status) > ID_MEMORY:
             old, _ = self._status.popitem(last=False)
             self._calls.pop(old, None)
+        if status == "answered":  # its id is remembered (repeats), the call itself (~3 KiB) only for a while
+            self._answered.append(cid)
+            while len(self._answered) > ANSWERED_KEPT:
+                old = self._answered.popleft()
+                if self._status.get(old) == "answered":
+                    self._calls.pop(old, None)
 
     def _emit(self, event: Event) -> None:
         if self.observer is not None:
