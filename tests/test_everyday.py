@@ -220,7 +220,7 @@ async def volume_run(tmp_path: Path, broker: Broker, state: Path, level: int | N
     scenario.write_text(ANNOUNCE.split("  - on: {pattern: \"word for word.*: Shall")[0])
     extra = f"assistant: {{id: announcer, state_dir: {state}}}\naudio: {{output: {{volume: 100}}}}\n"
     async with (
-        running_daemon(tmp_path, broker, scenario, input=mic(tmp_path, silence(8.0)), extra=extra,
+        running_daemon(tmp_path, broker, scenario, input=mic(tmp_path, silence(4.0)), extra=extra,
                        conversation="idle_timeout: 1s, earcons: false") as run,
         world(broker) as w,
     ):  # fmt: skip
