@@ -191,11 +191,14 @@ async def test_retrying_input_survives_the_sound_server_going_away(caplog: pytes
 
 
 @needs_pulse
-@pytest.mark.parametrize("rate", [None, 48000], ids=["24k", "48k-resampled"])
-async def test_pyaudio_output_is_heard_on_the_speaker(pulse: PulseServer, rate: int | None) -> None:
+@pytest.mark.parametrize(
+    ("rate", "volume"), [(None, 1.0), (48000, 1.0), (None, 0.3)], ids=["24k", "48k-resampled", "24k-volume-30"]
+)
+async def test_pyaudio_output_is_heard_on_the_speaker(pulse: PulseServer, rate: int | None, volume: float) -> None:
     said = speech(SENTENCE, 24000)
     with pulse.record_speaker(24000) as recording:
         sink = PyAudioSink(rate=rate)
+        sink.volume = volume
         async with sink:
             sink.play(said)
             assert sink.playing
@@ -206,7 +209,7 @@ async def test_pyaudio_output_is_heard_on_the_speaker(pulse: PulseServer, rate: 
     lag, corr = align(pcm16(said), heard)
     assert corr > 0.95
     assert lag >= 0 and lag + len(said) // 2 <= len(heard)
-    assert rms(heard[lag : lag + len(said) // 2]) == pytest.approx(rms(pcm16(said)), rel=0.1)
+    assert rms(heard[lag : lag + len(said) // 2]) == pytest.approx(volume * rms(pcm16(said)), rel=0.1)
 
 
 @needs_pulse
