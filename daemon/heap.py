@@ -8,7 +8,8 @@ word and the first audio byte, between a cancellation and its undo. So the daemo
 - collects after each conversation, while nobody waits: what the conversation left in reference cycles goes
   now rather than at some later full collection, by when its buffers (256 KiB per TLS connection) have been
   spread over the heap and RSS does not come back down;
-- unfreezes, collects and freezes again after a reload, so the replaced configuration stays collectable.
+- unfreezes, collects and freezes again after a reload or a refresh of discovered devices, so what they
+  replaced stays collectable.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def freeze() -> None:
 
 
 def refreeze() -> None:
-    """After a reload: the old configuration's objects were frozen; they must become collectable again."""
+    """After a reload or a refresh: the replaced objects were frozen; they must become collectable again."""
     gc.unfreeze()
     freeze()
 

@@ -486,6 +486,7 @@ class Daemon:
         if not self._mqtt.link.connected:
             raise RuntimeError("the broker is unreachable: nothing to refresh from")
         self._mqtt.discovered.take()
+        heap.refreeze()  # the replaced tools were frozen with the rest
 
     async def reload(self) -> None:
         """A reload in a task of the daemon's own: a reload that rebuilds MQTT stops the very presence whose
