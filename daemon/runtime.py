@@ -267,7 +267,7 @@ class Daemon:
         start = det.position - int(self.loaded.config.wake.preroll * SAMPLE_RATE)
         if self.household.stop_ringing():
             return  # the wake word silences a ringing timer, and opens nothing
-        if self.phase is Phase.LISTENING:
+        if self.phase is Phase.LISTENING and not self._stopping.is_set():
             self._set_phase(Phase.CLAIMING)
             if self._mqtt is not None and not self._mqtt.arbiter.claim_now(det.word, det.score):
                 self._spawn(self._begin(det, start), "begin")  # a round with the other satellites first
