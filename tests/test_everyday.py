@@ -21,12 +21,6 @@ from tests.support.mqttworld import world
 from tests.support.speech_files import read_wav, speech, write_wav
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.delenv("ALL_PROXY", raising=False)
-
-
 def mic(tmp_path: Path, *parts: bytes) -> str:
     path = tmp_path / "mic.wav"
     write_wav(path, b"".join(parts))

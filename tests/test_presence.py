@@ -43,12 +43,6 @@ ROOT = Path(__file__).resolve().parent.parent
 HA = "homeassistant"
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.delenv("ALL_PROXY", raising=False)
-
-
 def transitions(w: World, topics: Topics) -> list[str]:
     """The states a real daemon went through: its state topic also changes for other fields (volume, tokens)."""
     out: list[str] = []

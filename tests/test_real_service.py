@@ -18,17 +18,7 @@ from daemon.audio.speech import silence, synthesize
 from tests.support.broker import Broker
 from tests.support.daemonrig import running_daemon
 from tests.support.livestack import live
-from tests.support.speech_files import read_wav, speech, write_wav
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.delenv("ALL_PROXY", raising=False)
-
-
-def frames(pcm: bytes, size: int = 2560) -> list[bytes]:
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+from tests.support.speech_files import frames, read_wav, speech, write_wav
 
 
 def at_level(pcm: bytes, factor: float) -> bytes:

@@ -32,7 +32,7 @@ from tests.support.daemonrig import running_daemon
 from tests.support.livestack import TOOLS, live
 from tests.support.mqttworld import world
 from tests.support.presence_helpers import satellite
-from tests.support.speech_files import speech, write_wav
+from tests.support.speech_files import frames, speech, write_wav
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ENV = {"GEMINI_API_KEY": "security-key-0001"}
@@ -84,16 +84,6 @@ turns:
       - say: Unlocked.
       - turn_complete
 """
-
-
-def frames(pcm: bytes, size: int = 2560) -> list[bytes]:
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.delenv("ALL_PROXY", raising=False)
 
 
 async def test_a_text_turn_can_neither_reach_nor_confirm_a_sensitive_tool(tmp_path: Path, broker: Broker) -> None:

@@ -15,16 +15,7 @@ import pytest
 from daemon.audio.speech import silence, synthesize
 from tests.support.broker import Broker
 from tests.support.livestack import CANCEL_AT_ONCE, KEY, live
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HTTPS_PROXY", raising=False)
-    monkeypatch.delenv("ALL_PROXY", raising=False)
-
-
-def frames(pcm: bytes, size: int = 2560) -> list[bytes]:
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+from tests.support.speech_files import frames
 
 
 async def test_tool_call_publishes_and_is_answered_with_id_and_scheduling(tmp_path: Path, broker: Broker) -> None:

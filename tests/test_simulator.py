@@ -7,9 +7,7 @@ import asyncio
 import base64
 import json
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import websockets
@@ -18,41 +16,21 @@ from google.genai import errors, types
 from websockets.asyncio.client import connect as ws_connect
 
 from daemon.sim.scenario import ConfigError, load_scenario, packaged_scenarios
-from daemon.sim.server import Simulator, serve
-from tests.support.sim import MODEL, audio_of, client_for, live_config, messages, send_pcm, speech, until, voiced
-
-Start = Callable[..., Awaitable[Simulator]]
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    """websockets honours proxy variables; the simulator is on loopback."""
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    sims: list[Simulator] = []
-
-    async def make(scenario: str | Path, **kwargs: Any) -> Simulator:
-        sim = Simulator(scenario, state_dir=tmp_path / "sim", **kwargs)
-        await sim.start()
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        await sim.stop()
-
-
-def turn_complete(m: types.LiveServerMessage) -> bool:
-    return bool(m.server_content and m.server_content.turn_complete)
-
-
-def answer(call: types.FunctionCall, **response: Any) -> types.FunctionResponse:
-    return types.FunctionResponse(id=call.id, name=call.name, response=response or {"ok": True})
+from daemon.sim.server import serve
+from tests.support.sim import (
+    MODEL,
+    Start,
+    answer,
+    audio_of,
+    client_for,
+    live_config,
+    messages,
+    send_pcm,
+    speech,
+    turn_complete,
+    until,
+    voiced,
+)
 
 
 def scenario_file(tmp_path: Path, text: str) -> Path:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,45 +18,22 @@ from daemon.sim.models import DEFAULT_MODELS
 from daemon.sim.protocol import truncate_reason
 from daemon.sim.server import Simulator
 from daemon.sim.usage import audio_tokens, text_tokens
-from tests.support.sim import MODEL, audio_of, client_for, live_config, messages, send_pcm, speech, until
+from tests.support.sim import (
+    MODEL,
+    Start,
+    answer,
+    audio_of,
+    client_for,
+    live_config,
+    messages,
+    send_pcm,
+    speech,
+    turn_complete,
+    until,
+)
 
-Start = Callable[..., Awaitable[Simulator]]
 PREVIEW = "gemini-3.1-flash-live-preview"
 NOT_SUPPORTED = "Operation is not implemented, or supported, or enabled."
-
-
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
-@pytest.fixture
-async def start(tmp_path: Path) -> AsyncIterator[Start]:
-    sims: list[Simulator] = []
-
-    async def make(scenario: str | Path, **kwargs: Any) -> Simulator:
-        if isinstance(scenario, str) and "\n" in scenario:
-            path = tmp_path / f"scenario{len(sims)}.yaml"
-            path.write_text(scenario)
-            scenario = path
-        sim = Simulator(scenario, state_dir=tmp_path / f"sim{len(sims)}", **kwargs)
-        await sim.start()
-        sims.append(sim)
-        return sim
-
-    yield make
-    for sim in sims:
-        await sim.stop()
-
-
-def turn_complete(m: types.LiveServerMessage) -> bool:
-    return bool(m.server_content and m.server_content.turn_complete)
-
-
-def answer(call: types.FunctionCall, **response: Any) -> types.FunctionResponse:
-    return types.FunctionResponse(id=call.id, name=call.name, response=response or {"ok": True})
 
 
 def calls_in(msgs: list[types.LiveServerMessage]) -> list[types.FunctionCall]:

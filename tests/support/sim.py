@@ -4,8 +4,9 @@ the scenario tools, and a receive helper that reads across turns (the SDK's rece
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import cache
+from typing import Any
 
 import numpy as np
 from google import genai
@@ -15,6 +16,15 @@ from daemon.audio.speech import silence, synthesize
 from daemon.sim.server import Simulator
 
 MODEL = "gemini-3.8-live"
+Start = Callable[..., Awaitable[Simulator]]  # the `start` fixture (tests/conftest.py)
+
+
+def turn_complete(m: types.LiveServerMessage) -> bool:
+    return bool(m.server_content and m.server_content.turn_complete)
+
+
+def answer(call: types.FunctionCall, **response: Any) -> types.FunctionResponse:
+    return types.FunctionResponse(id=call.id, name=call.name, response=response or {"ok": True})
 
 
 def client_for(sim: Simulator, api_key: str | None = None) -> genai.Client:

@@ -21,6 +21,11 @@ def padded(pcm: bytes, before: float = 1.0, after: float = 1.0, rate: int = 1600
     return silence(before, rate) + pcm + silence(after, rate)
 
 
+def frames(pcm: bytes, size: int = 2560) -> list[bytes]:
+    """Chunks as a microphone hands them over (80 ms at 16 kHz by default)."""
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+
+
 def pcm16(pcm: bytes) -> np.ndarray:
     return np.frombuffer(pcm, dtype=np.int16)
 
