@@ -30,5 +30,10 @@ def refreeze() -> None:
 
 
 def collect() -> int:
-    """A collection of everything made since the freeze (a conversation's leftovers); how many were freed."""
+    """A collection of everything made since the freeze (a conversation's leftovers); how many were freed. The
+    first conversation may end before anything was frozen (a wake word during the warm-up, which then leaves the
+    full collection to it rather than stall the conversation): then this is the freeze."""
+    if not gc.get_freeze_count():
+        freeze()
+        return 0
     return gc.collect()

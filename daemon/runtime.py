@@ -208,7 +208,8 @@ class Daemon:
             return
         if self.loaded is loaded and self._client is None:  # a reload may have built a newer one meanwhile
             self._client = client
-        heap.freeze()
+        if self.phase is Phase.LISTENING:  # else a conversation is under way: its end freezes (heap.collect)
+            heap.freeze()
         log.info("Live client ready")
 
     def _warm_client(self, loaded: Loaded) -> Any:
